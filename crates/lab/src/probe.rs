@@ -1,0 +1,128 @@
+//! Reachability probes run inside a namespace with the system's ping (iputils).
+
+use crate::ns::enter_command;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::process::Stdio;
+use weft_netops::netns::NetNs;
+
+/// Reachability: true if one of up to three ICMP echoes (1 s timeout each) is answered.
+/// Retrying keeps a first-packet neighbour resolution on a loaded machine from reading as
+/// a broken path.
+pub fn ping(from: &NetNs, to: IpAddr) -> bool {
+    (0..3).any(|_| ping_n(from, to, 1, 1.0))
+}
+
+/// `count` echoes spaced by `interval_s`; true if every one was answered.
+pub fn ping_n(from: &NetNs, to: IpAddr, count: u32, interval_s: f64) -> bool {
+    let mut cmd = enter_command(from, "ping");
+    if to.is_ipv6() {
+        cmd.arg("-6");
+    }
+    cmd.args(["-q", "-n", "-W", "1", "-c"])
+        .arg(count.to_string())
+        .arg("-i")
+        .arg(format!("{interval_s}"))
+        .arg(to.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs `f` on a fresh thread that has entered `ns` (a thread's netns is its own; the caller's
+/// thread is never moved).
+pub fn in_netns_thread<T: Send + 'static>(
+    ns: &NetNs,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    let fd = ns.as_fd().try_clone_to_owned()?;
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain syscall on a valid fd; affects only this thread.
+        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns thread panicked"))?
+}
+
+/// A TCP server inside a namespace that answers each connection with the source address it
+/// sees, then closes. It shows whether traffic was NATed on the way.
+pub struct WhoAmIServer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    addr: std::net::SocketAddr,
+    ns_fd: std::os::fd::OwnedFd,
+}
+
+impl WhoAmIServer {
+    pub fn start(ns: &NetNs, bind: IpAddr, port: u16) -> std::io::Result<WhoAmIServer> {
+        use std::io::Write;
+        use std::net::{SocketAddr, TcpListener};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let addr = SocketAddr::new(bind, port);
+        let listener = in_netns_thread(ns, move || TcpListener::bind(addr))??;
+        let port = listener.local_addr()?.port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(mut conn) = conn {
+                    if let Ok(peer) = conn.peer_addr() {
+                        let _ = writeln!(conn, "{}", peer.ip());
+                    }
+                }
+            }
+        });
+        Ok(WhoAmIServer {
+            port,
+            stop,
+            addr: SocketAddr::new(bind, port),
+            ns_fd: ns.as_fd().try_clone_to_owned()?,
+        })
+    }
+}
+
+impl Drop for WhoAmIServer {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the accept loop with one last connection from inside its namespace.
+        let addr = self.addr;
+        let fd = self.ns_fd.as_raw_fd();
+        let _ = std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: see in_netns_thread.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } == 0 {
+                    let _ = std::net::TcpStream::connect_timeout(
+                        &addr,
+                        std::time::Duration::from_millis(200),
+                    );
+                }
+            })
+            .join()
+        });
+    }
+}
+
+/// Connects from `from` to a [`WhoAmIServer`] and returns the source address it saw.
+pub fn whoami(from: &NetNs, to: IpAddr, port: u16) -> std::io::Result<IpAddr> {
+    in_netns_thread(from, move || -> std::io::Result<IpAddr> {
+        use std::io::Read;
+        let addr = std::net::SocketAddr::new(to, port);
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        buf.trim()
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("bad answer {buf:?}")))
+    })?
+}

@@ -1,0 +1,222 @@
+//! The per-pod data plane: the node's bridge, the veth pair, the pod's addresses and routes.
+
+use crate::config::Config;
+use crate::ipam::Assigned;
+use ipnet::IpNet;
+use weft_cni::error::{self, CniError};
+use weft_netops::netlink::{Link, Netlink, Route, VethSpec};
+use weft_netops::netns::{self, NetNs};
+use weft_netops::sysctl;
+
+pub fn nl_error(e: impl std::fmt::Display) -> CniError {
+    CniError::new(error::NETLINK, e.to_string())
+}
+
+pub fn mac_string(mac: Option<[u8; 6]>) -> String {
+    mac.map(|m| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    })
+    .unwrap_or_default()
+}
+
+/// The bridge's address for a range: the gateway with the subnet's prefix length.
+pub fn gateway_net(a: &Assigned) -> Option<IpNet> {
+    a.gateway
+        .map(|gw| IpNet::new(gw, a.address.prefix_len()).expect("prefix length of a valid net"))
+}
+
+/// Makes sure the bridge exists, is up and (as gateway) carries each range's gateway address.
+/// Concurrent ADDs race here, so "already exists" is success.
+pub fn ensure_bridge(
+    nl: &mut Netlink,
+    conf: &Config,
+    assigned: &[Assigned],
+) -> Result<Link, CniError> {
+    let bridge = match nl.get_link_by_name(&conf.bridge).map_err(nl_error)? {
+        Some(link) => link,
+        None => {
+            if let Err(e) = nl.create_bridge(&conf.bridge, None) {
+                if !e.is_exists() {
+                    return Err(nl_error(e));
+                }
+            }
+            nl.get_link_by_name(&conf.bridge)
+                .map_err(nl_error)?
+                .ok_or_else(|| {
+                    nl_error(format!("bridge {} vanished after creation", conf.bridge))
+                })?
+        }
+    };
+    if bridge.kind.as_deref() != Some("bridge") {
+        return Err(CniError::new(
+            error::INVALID_CONFIG,
+            format!(
+                "bridge {:?}: an interface of that name exists and is not a bridge (kind {:?})",
+                conf.bridge, bridge.kind
+            ),
+        ));
+    }
+    if conf.is_gateway {
+        let have = nl.list_addresses(Some(bridge.index)).map_err(nl_error)?;
+        for gw in assigned.iter().filter_map(gateway_net) {
+            if have.iter().any(|(_, a)| *a == gw) {
+                continue;
+            }
+            if let Err(e) = nl.add_address(bridge.index, gw, true) {
+                if !e.is_exists() {
+                    return Err(nl_error(e));
+                }
+            }
+        }
+        enable_forwarding(assigned)?;
+    }
+    if !bridge.up {
+        nl.set_link_up(bridge.index).map_err(nl_error)?;
+    }
+    Ok(bridge)
+}
+
+/// A gateway bridge routes: ip_forward must be on for each family it serves.
+fn enable_forwarding(assigned: &[Assigned]) -> Result<(), CniError> {
+    let mut keys = Vec::new();
+    if assigned.iter().any(|a| a.address.addr().is_ipv4()) {
+        keys.push("net/ipv4/ip_forward");
+    }
+    if assigned.iter().any(|a| a.address.addr().is_ipv6()) {
+        keys.push("net/ipv6/conf/all/forwarding");
+    }
+    for key in keys {
+        if sysctl::read(key).map(|v| v.trim() == "1").unwrap_or(false) {
+            continue;
+        }
+        sysctl::write(key, "1")
+            .map_err(|e| CniError::new(error::IO_FAILURE, format!("sysctl {key}=1: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The routes the pod gets: a default route per family via its gateway, plus `ipam.routes`.
+pub fn pod_routes(conf: &Config, assigned: &[Assigned]) -> Vec<weft_cni::Route> {
+    let mut routes = Vec::new();
+    let gw_for = |v4: bool| {
+        assigned
+            .iter()
+            .filter(|a| a.address.addr().is_ipv4() == v4)
+            .find_map(|a| a.gateway)
+    };
+    if conf.is_default_gateway {
+        for v4 in [true, false] {
+            if let Some(gw) = gw_for(v4) {
+                let dst: IpNet = if v4 { "0.0.0.0/0" } else { "::/0" }.parse().unwrap();
+                routes.push(weft_cni::Route::new(dst, Some(gw)));
+            }
+        }
+    }
+    for (dst, gw) in &conf.ipam_routes {
+        if conf.is_default_gateway && dst.prefix_len() == 0 {
+            continue; // already there
+        }
+        let gw = gw.or_else(|| gw_for(dst.addr().is_ipv4()));
+        routes.push(weft_cni::Route::new(*dst, gw));
+    }
+    routes
+}
+
+pub struct PodLinks {
+    pub host: Link,
+    pub pod: Link,
+}
+
+/// Creates the veth pair with the pod end born inside the pod netns, plugs the host end into
+/// the bridge and configures the pod end. The caller undoes it (by deleting the host end) on
+/// error.
+#[allow(clippy::too_many_arguments)]
+pub fn setup_veth(
+    nl: &mut Netlink,
+    conf: &Config,
+    bridge: &Link,
+    pod_ns: &NetNs,
+    host_name: &str,
+    host_alias: &str,
+    ifname: &str,
+    mtu: u32,
+    assigned: &[Assigned],
+    routes: &[weft_cni::Route],
+) -> Result<PodLinks, CniError> {
+    nl.create_veth(&VethSpec {
+        host_name: host_name.to_string(),
+        host_alias: Some(host_alias.to_string()),
+        peer_name: ifname.to_string(),
+        peer_netns: Some(pod_ns),
+        mtu: Some(mtu),
+        ..Default::default()
+    })
+    .map_err(|e| {
+        if e.is_exists() {
+            CniError::new(
+                error::ALREADY_EXISTS,
+                format!("interface {host_name} or {ifname} in the pod netns already exists"),
+            )
+        } else {
+            nl_error(e)
+        }
+    })?;
+    let host = nl
+        .get_link_by_name(host_name)
+        .map_err(nl_error)?
+        .ok_or_else(|| nl_error(format!("host veth {host_name} missing after creation")))?;
+    nl.set_master(host.index, bridge.index).map_err(nl_error)?;
+    if conf.hairpin {
+        nl.set_bridge_port_hairpin(host.index, true)
+            .map_err(nl_error)?;
+    }
+    nl.set_link_up(host.index).map_err(nl_error)?;
+
+    // The pod side, through a socket bound inside the pod's netns.
+    let mut pod_nl = Netlink::in_netns(pod_ns).map_err(nl_error)?;
+    let pod = pod_nl
+        .get_link_by_name(ifname)
+        .map_err(nl_error)?
+        .ok_or_else(|| nl_error(format!("{ifname} missing in the pod netns after creation")))?;
+    if assigned.iter().any(|a| a.address.addr().is_ipv6()) {
+        // No DAD: it delays the address (and so the pod) by ~2 s for nothing on a bridge we own.
+        let key = format!("net/ipv6/conf/{ifname}/accept_dad");
+        netns::run_in(pod_ns, || sysctl::write(&key, "0"))
+            .map_err(nl_error)?
+            .map_err(|e| CniError::new(error::IO_FAILURE, format!("sysctl {key}=0: {e}")))?;
+    }
+    for a in assigned {
+        pod_nl
+            .add_address(pod.index, a.address, true)
+            .map_err(nl_error)?;
+    }
+    pod_nl.set_link_up(pod.index).map_err(nl_error)?;
+    for r in routes {
+        let route = match r.gw {
+            Some(gw) => Route {
+                oif: Some(pod.index),
+                ..Route::via(r.dst, gw)
+            },
+            None => Route::dev(r.dst, pod.index),
+        };
+        pod_nl.add_route(&route).map_err(nl_error)?;
+    }
+    Ok(PodLinks { host, pod })
+}
+
+/// MTU of the interface holding the node's default route (IPv4 first, else IPv6); 1500 if
+/// the node has no default route.
+pub fn default_route_mtu(nl: &mut Netlink) -> u32 {
+    let routes = nl.list_routes(None, Some(254)).unwrap_or_default();
+    let mut defaults: Vec<&Route> = routes.iter().filter(|r| r.dst.prefix_len() == 0).collect();
+    defaults.sort_by_key(|r| r.dst.addr().is_ipv6());
+    for route in defaults {
+        if let Some(Ok(Some(link))) = route.oif.map(|oif| nl.get_link_by_index(oif)) {
+            return link.mtu;
+        }
+    }
+    1500
+}

@@ -1,0 +1,642 @@
+//! The built `weft` binary exec'd as a runtime execs it, in network namespaces: a netns plays
+//! the node, further ones the pods. Nothing touches the machine's own network namespace.
+
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use weft_lab::plugin::Call;
+use weft_lab::probe::ping;
+use weft_lab::{Netns, PluginOutput, PluginRunner};
+use weft_netops::netlink::{Netlink, Route};
+
+/// A node netns with its own IPAM data dir, and helpers to run the plugin in it.
+struct Node {
+    ns: Netns,
+    data_dir: PathBuf,
+    bin_dir: PathBuf,
+}
+
+impl Node {
+    fn new() -> Node {
+        let ns = Netns::new("wtp-node").expect("create node netns");
+        let data_dir = std::env::temp_dir().join(format!("weft-test-{}", ns.name));
+        let bin_dir = Path::new(env!("CARGO_BIN_EXE_weft"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        Node {
+            ns,
+            data_dir,
+            bin_dir,
+        }
+    }
+
+    fn runner(&self) -> PluginRunner<'_> {
+        PluginRunner::new(&self.bin_dir, self.ns.handle())
+    }
+
+    /// A weft config with the given ranges (list of range sets, each a list of subnets).
+    fn conf(&self, version: &str, sets: &[&[&str]]) -> Value {
+        let ranges: Vec<Vec<Value>> = sets
+            .iter()
+            .map(|set| set.iter().map(|s| json!({ "subnet": s })).collect())
+            .collect();
+        json!({
+            "cniVersion": version,
+            "name": "testnet",
+            "type": "weft",
+            "bridge": "weft0",
+            "mtu": 1400,
+            "ipam": { "type": "weft", "ranges": ranges, "dataDir": self.data_dir },
+        })
+    }
+
+    fn call(&self, command: &str, cid: &str, pod: Option<&Path>, conf: &Value) -> PluginOutput {
+        self.call_args(command, cid, pod, "eth0", None, conf)
+    }
+
+    fn call_args(
+        &self,
+        command: &str,
+        cid: &str,
+        pod: Option<&Path>,
+        ifname: &str,
+        args: Option<&str>,
+        conf: &Value,
+    ) -> PluginOutput {
+        self.runner()
+            .exec(
+                "weft",
+                &Call {
+                    command,
+                    container_id: cid,
+                    netns: pod,
+                    ifname,
+                    args,
+                },
+                conf.to_string().as_bytes(),
+            )
+            .expect("exec weft")
+    }
+
+    fn add(&self, cid: &str, pod: &Netns, conf: &Value) -> Value {
+        let out = self.call("ADD", cid, Some(&pod.path()), conf);
+        assert!(out.ok(), "ADD {cid} failed: {} {}", out.stdout, out.stderr);
+        out.json()
+    }
+
+    fn nl(&self) -> Netlink {
+        Netlink::in_netns(self.ns.handle()).unwrap()
+    }
+
+    /// Names of weft's host veths in the node.
+    fn host_veths(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .nl()
+            .list_links()
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.name.starts_with("weft") && l.name != "weft0")
+            .map(|l| l.name)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Reserved addresses on disk (the IPAM store's files, excluding its bookkeeping).
+    fn reservations(&self) -> Vec<String> {
+        let dir = self.data_dir.join("testnet");
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.parse::<IpAddr>().is_ok() || n.contains('_') && n.contains(':'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn ips_of(result: &Value) -> Vec<IpAddr> {
+    result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| {
+            ip["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn two_pods_reach_each_other_and_the_gateway_dual_stack() {
+    let node = Node::new();
+    let conf = node.conf("1.1.0", &[&["10.88.0.0/24"], &["fd00:88::/64"]]);
+    let (a, b) = (Netns::new("wtp-pa").unwrap(), Netns::new("wtp-pb").unwrap());
+    let ra = node.add("ctr-a", &a, &conf);
+    let rb = node.add("ctr-b", &b, &conf);
+
+    // Result shape: bridge, host veth, pod interface in the sandbox; ips point at the latter.
+    assert_eq!(ra["cniVersion"], "1.1.0");
+    assert_eq!(ra["interfaces"][0]["name"], "weft0");
+    assert_eq!(ra["interfaces"][2]["name"], "eth0");
+    assert_eq!(
+        ra["interfaces"][2]["sandbox"],
+        a.path().display().to_string()
+    );
+    assert_eq!(ra["ips"][0]["interface"], 2);
+    assert_eq!(ra["ips"][0]["gateway"], "10.88.0.1");
+    assert_eq!(ra["ips"][1]["gateway"], "fd00:88::1");
+    let routes: Vec<&str> = ra["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["dst"].as_str().unwrap())
+        .collect();
+    assert_eq!(routes, ["0.0.0.0/0", "::/0"]);
+
+    let (ipa, ipb) = (ips_of(&ra), ips_of(&rb));
+    assert_eq!(ipa.len(), 2);
+    assert_ne!(ipa, ipb);
+    for (from, to) in [(&a, &ipb[0]), (&b, &ipa[0]), (&a, &ipb[1]), (&b, &ipa[1])] {
+        assert!(ping(from.handle(), *to), "ping {to} from {}", from.name);
+    }
+    for gw in ["10.88.0.1", "fd00:88::1"] {
+        assert!(ping(a.handle(), gw.parse().unwrap()), "ping gateway {gw}");
+    }
+
+    // Kernel state: MTU on both ends, the host end on the bridge with hairpin, up.
+    let mut nl = node.nl();
+    let bridge = nl.get_link_by_name("weft0").unwrap().unwrap();
+    let host = nl
+        .get_link_by_name(ra["interfaces"][1]["name"].as_str().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(host.master, Some(bridge.index));
+    assert_eq!(host.mtu, 1400);
+    assert!(host.up);
+    let mut pod_nl = Netlink::in_netns(a.handle()).unwrap();
+    let eth0 = pod_nl.get_link_by_name("eth0").unwrap().unwrap();
+    assert_eq!(eth0.mtu, 1400);
+    assert_eq!(ra["interfaces"][2]["mac"], weft_lab_mac(eth0.mac));
+
+    for (cid, ns) in [("ctr-a", &a), ("ctr-b", &b)] {
+        assert!(node.call("DEL", cid, Some(&ns.path()), &conf).ok());
+    }
+    assert!(node.host_veths().is_empty());
+    assert!(node.reservations().is_empty(), "{:?}", node.reservations());
+}
+
+fn weft_lab_mac(mac: Option<[u8; 6]>) -> String {
+    let m = mac.unwrap();
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[test]
+fn check_passes_then_fails_when_a_route_is_removed() {
+    let node = Node::new();
+    let mut conf = node.conf("1.1.0", &[&["10.89.0.0/24"]]);
+    let pod = Netns::new("wtp-chk").unwrap();
+    let result = node.add("ctr-chk", &pod, &conf);
+    conf["prevResult"] = result;
+    let out = node.call("CHECK", "ctr-chk", Some(&pod.path()), &conf);
+    assert!(out.ok(), "CHECK: {}", out.stdout);
+
+    let mut pod_nl = Netlink::in_netns(pod.handle()).unwrap();
+    let eth0 = pod_nl.get_link_by_name("eth0").unwrap().unwrap();
+    pod_nl
+        .del_route(&Route {
+            oif: Some(eth0.index),
+            ..Route::via("0.0.0.0/0".parse().unwrap(), "10.89.0.1".parse().unwrap())
+        })
+        .unwrap();
+    let out = node.call("CHECK", "ctr-chk", Some(&pod.path()), &conf);
+    assert_eq!(out.exit_code, 1);
+    assert_eq!(out.error_code(), Some(105), "{}", out.stdout);
+    assert!(
+        out.json()["msg"].as_str().unwrap().contains("0.0.0.0/0"),
+        "{}",
+        out.stdout
+    );
+
+    // Without prevResult CHECK refuses.
+    conf.as_object_mut().unwrap().remove("prevResult");
+    let out = node.call("CHECK", "ctr-chk", Some(&pod.path()), &conf);
+    assert_eq!(out.error_code(), Some(7), "{}", out.stdout);
+    assert!(node.call("DEL", "ctr-chk", Some(&pod.path()), &conf).ok());
+}
+
+#[test]
+fn del_twice_and_del_without_netns_succeed() {
+    let node = Node::new();
+    let conf = node.conf("1.0.0", &[&["10.90.0.0/24"]]);
+    let pod = Netns::new("wtp-del").unwrap();
+    node.add("ctr-del", &pod, &conf);
+    assert_eq!(node.host_veths().len(), 1);
+    assert_eq!(node.reservations().len(), 1);
+    for _ in 0..2 {
+        let out = node.call("DEL", "ctr-del", Some(&pod.path()), &conf);
+        assert!(out.ok(), "{}", out.stdout);
+    }
+    assert!(node.host_veths().is_empty());
+    assert!(node.reservations().is_empty());
+    // DEL with no CNI_NETNS at all, for an attachment that never existed.
+    assert!(node.call("DEL", "never-was", None, &conf).ok());
+}
+
+#[test]
+fn del_after_the_pod_netns_is_gone_leaves_nothing() {
+    let node = Node::new();
+    let conf = node.conf("1.1.0", &[&["10.91.0.0/24"]]);
+    let pod = Netns::new("wtp-gone").unwrap();
+    let path = pod.path();
+    node.add("ctr-gone", &pod, &conf);
+    drop(pod); // the runtime deleted the sandbox first
+    let out = node.call("DEL", "ctr-gone", Some(&path), &conf);
+    assert!(out.ok(), "{}", out.stdout);
+    assert!(node.host_veths().is_empty());
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn duplicate_add_is_an_error_and_keeps_the_first() {
+    let node = Node::new();
+    let conf = node.conf("1.1.0", &[&["10.92.0.0/24"]]);
+    let pod = Netns::new("wtp-dup").unwrap();
+    let first = node.add("ctr-dup", &pod, &conf);
+    let out = node.call("ADD", "ctr-dup", Some(&pod.path()), &conf);
+    assert_eq!(out.exit_code, 1);
+    assert_eq!(out.error_code(), Some(100), "{}", out.stdout);
+    assert_eq!(node.reservations().len(), 1);
+    assert_eq!(node.host_veths().len(), 1);
+    assert!(
+        ping(pod.handle(), "10.92.0.1".parse().unwrap()),
+        "first attachment still works"
+    );
+    let _ = first;
+    assert!(node.call("DEL", "ctr-dup", Some(&pod.path()), &conf).ok());
+}
+
+#[test]
+fn exhausted_range_errors_and_leaks_nothing() {
+    let node = Node::new();
+    // A /29 has 6 usable addresses, one of them the gateway: 5 pods.
+    let conf = node.conf("1.1.0", &[&["10.93.0.0/29"]]);
+    let pods: Vec<Netns> = (0..6).map(|_| Netns::new("wtp-exh").unwrap()).collect();
+    for (i, pod) in pods.iter().take(5).enumerate() {
+        node.add(&format!("ctr-{i}"), pod, &conf);
+    }
+    let out = node.call("ADD", "ctr-5", Some(&pods[5].path()), &conf);
+    assert_eq!(out.error_code(), Some(101), "{}", out.stdout);
+    assert!(
+        out.json()["msg"].as_str().unwrap().contains("10.93.0.0/29"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(node.reservations().len(), 5);
+    assert_eq!(node.host_veths().len(), 5);
+    let mut pod_nl = Netlink::in_netns(pods[5].handle()).unwrap();
+    assert!(
+        pod_nl.get_link_by_name("eth0").unwrap().is_none(),
+        "no half-made interface"
+    );
+    for (i, pod) in pods.iter().enumerate() {
+        assert!(node
+            .call("DEL", &format!("ctr-{i}"), Some(&pod.path()), &conf)
+            .ok());
+    }
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn thirty_two_parallel_adds_get_distinct_addresses() {
+    let node = Node::new();
+    let conf = node.conf("1.1.0", &[&["10.94.0.0/24"]]);
+    let pods: Vec<Netns> = (0..32).map(|_| Netns::new("wtp-par").unwrap()).collect();
+    let results: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let (node, conf) = (&node, &conf);
+                s.spawn(move || node.add(&format!("par-{i}"), pod, conf))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips: Vec<IpAddr> = results.iter().flat_map(ips_of).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 32);
+    assert_eq!(node.host_veths().len(), 32);
+    assert!(ping(pods[0].handle(), ips_of(&results[31])[0]));
+    for (i, pod) in pods.iter().enumerate() {
+        assert!(node
+            .call("DEL", &format!("par-{i}"), Some(&pod.path()), &conf)
+            .ok());
+    }
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn gc_releases_exactly_what_is_not_valid() {
+    let node = Node::new();
+    let mut conf = node.conf("1.1.0", &[&["10.95.0.0/24"]]);
+    let pods: Vec<Netns> = (0..4).map(|_| Netns::new("wtp-gc").unwrap()).collect();
+    let results: Vec<Value> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| node.add(&format!("gc-{i}"), p, &conf))
+        .collect();
+    conf["cni.dev/valid-attachments"] = json!([
+        {"containerID": "gc-0", "ifname": "eth0"},
+        {"containerID": "gc-2", "ifname": "eth0"},
+    ]);
+    let out = node.call_args("GC", "", None, "", None, &conf);
+    assert!(out.ok(), "GC: {}", out.stdout);
+    assert_eq!(node.reservations().len(), 2);
+    assert_eq!(node.host_veths().len(), 2);
+    assert!(
+        ping(pods[0].handle(), ips_of(&results[2])[0]),
+        "valid pods untouched"
+    );
+    let mut pod_nl = Netlink::in_netns(pods[1].handle()).unwrap();
+    assert!(
+        pod_nl.get_link_by_name("eth0").unwrap().is_none(),
+        "gc-1's interface is gone"
+    );
+    // GC needs 1.1.0.
+    conf["cniVersion"] = json!("1.0.0");
+    assert_eq!(
+        node.call_args("GC", "", None, "", None, &conf).error_code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn every_supported_version_round_trips() {
+    let node = Node::new();
+    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .iter()
+        .enumerate()
+    {
+        let conf = node.conf(version, &[&["10.96.0.0/24"]]);
+        let pod = Netns::new("wtp-ver").unwrap();
+        let cid = format!("ver-{i}");
+        let r = node.add(&cid, &pod, &conf);
+        assert_eq!(r["cniVersion"], *version);
+        let has_version = r["ips"][0].get("version").is_some();
+        assert_eq!(has_version, version.starts_with('0'), "{version}: {r}");
+        assert_eq!(
+            r["interfaces"][1].get("mtu").is_some(),
+            *version == "1.1.0",
+            "{version}: {r}"
+        );
+        if *version != "0.3.0" && *version != "0.3.1" {
+            let mut chk = conf.clone();
+            chk["prevResult"] = r.clone();
+            assert!(
+                node.call("CHECK", &cid, Some(&pod.path()), &chk).ok(),
+                "CHECK {version}"
+            );
+        }
+        let out = node.call("DEL", &cid, Some(&pod.path()), &conf);
+        assert!(out.ok(), "DEL {version}: {}", out.stdout);
+        assert!(out.stdout.trim().is_empty());
+    }
+    let out = node.call_args(
+        "VERSION",
+        "",
+        None,
+        "",
+        None,
+        &json!({"cniVersion": "0.4.0"}),
+    );
+    assert_eq!(out.json()["cniVersion"], "0.4.0");
+    assert_eq!(
+        out.json()["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+}
+
+#[test]
+fn status_reports_ipam_usability() {
+    let node = Node::new();
+    let conf = node.conf("1.1.0", &[&["10.97.0.0/24"]]);
+    let out = node.call_args("STATUS", "", None, "", None, &conf);
+    assert!(out.ok(), "{}", out.stdout);
+    // A data dir that is a regular file cannot hold the store.
+    let blocker = std::env::temp_dir().join(format!("weft-status-blocker-{}", node.ns.name));
+    std::fs::write(&blocker, b"x").unwrap();
+    let mut bad = conf.clone();
+    bad["ipam"]["dataDir"] = json!(blocker);
+    let out = node.call_args("STATUS", "", None, "", None, &bad);
+    std::fs::remove_file(&blocker).unwrap();
+    assert_eq!(out.error_code(), Some(50), "{}", out.stdout);
+}
+
+#[test]
+fn delegated_ipam_host_local() {
+    let node = Node::new();
+    let dir = node.data_dir.join("host-local");
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "testnet", "type": "weft", "mtu": 1400,
+        "ipam": { "type": "host-local", "ranges": [[{"subnet": "10.98.0.0/24"}]], "dataDir": dir },
+    });
+    let (a, b) = (Netns::new("wtp-hl").unwrap(), Netns::new("wtp-hl").unwrap());
+    let ra = node.add("hl-a", &a, &conf);
+    let rb = node.add("hl-b", &b, &conf);
+    assert!(ping(a.handle(), ips_of(&rb)[0]));
+    let _ = ra;
+    for (cid, ns) in [("hl-a", &a), ("hl-b", &b)] {
+        assert!(node.call("DEL", cid, Some(&ns.path()), &conf).ok());
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.join("testnet"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10."))
+        .collect();
+    assert!(left.is_empty(), "host-local kept {left:?}");
+}
+
+/// Bad input: the right code, a message naming the culprit, and nothing changed on the node.
+#[test]
+fn bad_input_gets_the_right_error_and_changes_nothing() {
+    let node = Node::new();
+    let pod = Netns::new("wtp-bad").unwrap();
+    let good = node.conf("1.1.0", &[&["10.99.0.0/24"]]);
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = good.clone();
+        f(&mut c);
+        c
+    };
+    let cases: Vec<(&str, Value, &str, Option<&str>, u64, &str)> = vec![
+        (
+            "unknown version",
+            with(&|c| c["cniVersion"] = json!("9.9.9")),
+            "eth0",
+            None,
+            1,
+            "9.9.9",
+        ),
+        (
+            "missing version",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("cniVersion");
+            }),
+            "eth0",
+            None,
+            7,
+            "cniVersion",
+        ),
+        (
+            "bad CIDR",
+            with(&|c| c["ipam"]["ranges"] = json!([[{"subnet": "10.99.0.0/33"}]])),
+            "eth0",
+            None,
+            7,
+            "ipam",
+        ),
+        (
+            "host bits",
+            with(&|c| c["ipam"]["ranges"] = json!([[{"subnet": "10.99.0.5/24"}]])),
+            "eth0",
+            None,
+            7,
+            "10.99.0.5",
+        ),
+        (
+            "bad mtu",
+            with(&|c| c["mtu"] = json!(10)),
+            "eth0",
+            None,
+            7,
+            "mtu",
+        ),
+        (
+            "wrong type",
+            with(&|c| c["bridge"] = json!(5)),
+            "eth0",
+            None,
+            6,
+            "bridge",
+        ),
+        (
+            "no ipam",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("ipam");
+            }),
+            "eth0",
+            None,
+            7,
+            "ipam",
+        ),
+        ("bad ifname", good.clone(), "eth/0", None, 4, "eth/0"),
+        (
+            "long ifname",
+            good.clone(),
+            "a234567890123456",
+            None,
+            4,
+            "a234567890123456",
+        ),
+        (
+            "bad CNI_ARGS",
+            good.clone(),
+            "eth0",
+            Some("NOEQUALS"),
+            4,
+            "NOEQUALS",
+        ),
+        (
+            "unknown CNI_ARGS key",
+            good.clone(),
+            "eth0",
+            Some("FOO=1"),
+            4,
+            "FOO",
+        ),
+        (
+            "requested IP outside",
+            good.clone(),
+            "eth0",
+            Some("IP=10.1.2.3"),
+            102,
+            "10.1.2.3",
+        ),
+    ];
+    for (what, conf, ifname, args, code, needle) in cases {
+        let out = node.call_args("ADD", "ctr-bad", Some(&pod.path()), ifname, args, &conf);
+        assert_eq!(out.exit_code, 1, "{what}");
+        assert_eq!(out.error_code(), Some(code), "{what}: {}", out.stdout);
+        let msg = format!("{} {}", out.json()["msg"], out.json()["details"]);
+        assert!(
+            msg.contains(needle),
+            "{what}: message {msg} should name {needle}"
+        );
+    }
+    // Malformed and empty JSON.
+    for raw in ["{not json", "", "[1,2]"] {
+        let out = node
+            .runner()
+            .exec(
+                "weft",
+                &Call {
+                    command: "ADD",
+                    container_id: "c",
+                    netns: Some(&pod.path()),
+                    ifname: "eth0",
+                    args: None,
+                },
+                raw.as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(out.error_code(), Some(6), "{raw:?}: {}", out.stdout);
+    }
+    // Missing environment.
+    let out = node
+        .runner()
+        .exec(
+            "weft",
+            &Call {
+                command: "ADD",
+                container_id: "",
+                netns: Some(&pod.path()),
+                ifname: "eth0",
+                args: None,
+            },
+            good.to_string().as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(out.error_code(), Some(4));
+    assert!(out.stdout.contains("CNI_CONTAINERID"));
+    // A netns path that does not exist, and one that is not a netns.
+    for path in ["/run/netns/does-not-exist-weft", "/etc/hostname"] {
+        let out = node.call("ADD", "ctr-bad", Some(Path::new(path)), &good);
+        assert_eq!(out.error_code(), Some(4), "{path}: {}", out.stdout);
+        assert!(out.stdout.contains(path));
+    }
+    assert!(node.reservations().is_empty());
+    assert!(node.host_veths().is_empty());
+    let mut pod_nl = Netlink::in_netns(pod.handle()).unwrap();
+    assert!(pod_nl.get_link_by_name("eth0").unwrap().is_none());
+}
