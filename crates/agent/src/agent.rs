@@ -1,0 +1,463 @@
+//! `weftd run`: bring the node up, then reconcile forever.
+//!
+//! Start-up never flushes anything: routes, neighbours, FDB entries and rules left by a
+//! previous weftd keep carrying pod traffic until the first complete peer list from the
+//! datastore says what is stale. That is why a restart (even kill -9) loses no packets.
+
+use crate::backend::{self, LocalView, PathKind};
+use crate::config::{BackendKind, DatastoreKind, FirewallKind, RunConfig};
+use crate::datastore::{self, Datastore, Health};
+use crate::metrics::{ObjectLabel, PathLabel};
+use crate::node::{LocalIdentity, NodeRecord, Registration};
+use crate::reconcile::{self, Report};
+use crate::underlay::{self, Underlay};
+use crate::{cniconf, http, vxlan};
+use ipnet::IpNet;
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::watch;
+use weft_firewall::{DriverKind, Firewall, IptablesVariant, Policy};
+use weft_netops::netlink::format_mac;
+use weft_netops::Netlink;
+
+/// Everything `weftd status` and /status show.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub node: String,
+    pub datastore: String,
+    pub datastore_connected: bool,
+    pub datastore_error: Option<String>,
+    pub backend: Option<BackendKind>,
+    pub underlay: Option<UnderlayStatus>,
+    pub pod_cidrs: Vec<IpNet>,
+    pub cluster_cidrs: Vec<IpNet>,
+    pub pod_mtu: Option<u32>,
+    pub vtep: Option<VtepStatus>,
+    pub cni_config: Option<String>,
+    pub firewall: Option<FirewallStatus>,
+    pub ready: bool,
+    /// What the agent is waiting for, while not ready.
+    pub waiting_for: Option<String>,
+    pub last_reconcile: Option<Report>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UnderlayStatus {
+    pub interface: String,
+    pub address: IpNet,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VtepStatus {
+    pub device: String,
+    pub mac: String,
+    pub vni: u32,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FirewallStatus {
+    pub driver: String,
+    pub in_place: bool,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// State shared between the reconcile loop and the HTTP endpoints.
+pub struct Shared {
+    pub status: Mutex<Status>,
+    pub metrics: crate::metrics::Metrics,
+    pub health: Health,
+}
+
+impl Shared {
+    pub fn update(&self, f: impl FnOnce(&mut Status)) {
+        let mut s = self.status.lock().unwrap();
+        f(&mut s);
+        let h = self.health.get();
+        s.datastore_connected = h.connected;
+        s.datastore_error = h.last_error;
+        self.metrics.datastore_up.set(i64::from(h.connected));
+        self.metrics.ready.set(i64::from(s.ready));
+    }
+    pub fn snapshot(&self) -> Status {
+        let h = self.health.get();
+        let mut s = self.status.lock().unwrap().clone();
+        s.datastore_connected = h.connected;
+        s.datastore_error = h.last_error;
+        s
+    }
+}
+
+fn firewall_driver(kind: FirewallKind) -> Result<Option<Box<dyn Firewall>>, String> {
+    let kind = match kind {
+        FirewallKind::None => return Ok(None),
+        FirewallKind::Auto => DriverKind::Auto,
+        FirewallKind::Nftables => DriverKind::Nftables,
+        FirewallKind::Iptables => DriverKind::Iptables(IptablesVariant::Auto),
+        FirewallKind::IptablesNft => DriverKind::Iptables(IptablesVariant::Nft),
+        FirewallKind::IptablesLegacy => DriverKind::Iptables(IptablesVariant::Legacy),
+    };
+    weft_firewall::driver(kind).map(Some).map_err(|e| e.to_string())
+}
+
+fn build_datastore(cfg: &RunConfig) -> Result<Datastore, String> {
+    Ok(match cfg.datastore {
+        DatastoreKind::Static => {
+            let path = cfg
+                .static_file
+                .clone()
+                .ok_or("--datastore static needs --static-file")?;
+            Datastore::Static(datastore::static_file::StaticStore::new(path))
+        }
+        DatastoreKind::Etcd => Datastore::Etcd(datastore::etcd::EtcdStore::new(
+            datastore::etcd::EtcdConfig {
+                endpoints: cfg.etcd_endpoints.clone(),
+                prefix: cfg.etcd_prefix.clone(),
+                lease_ttl: cfg.etcd_lease_ttl,
+                state_dir: cfg.state_dir.clone(),
+            },
+        )),
+        DatastoreKind::Kubernetes => {
+            return Err("the kubernetes datastore is not built into this weftd yet".into())
+        }
+    })
+}
+
+/// Runs blocking netlink work off the async workers (netlink calls are short but synchronous).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task panicked")
+}
+
+pub async fn run(cfg: RunConfig) -> Result<(), String> {
+    let shared = Arc::new(Shared {
+        status: Mutex::new(Status {
+            node: cfg.node_name.clone(),
+            datastore: format!("{:?}", cfg.datastore).to_lowercase(),
+            backend: Some(cfg.backend),
+            waiting_for: Some("start-up".into()),
+            ..Default::default()
+        }),
+        metrics: crate::metrics::Metrics::new(),
+        health: Health::default(),
+    });
+    http::serve(cfg.listen, shared.clone()).await?;
+
+    let (ifname, ip) = (cfg.underlay_interface.clone(), cfg.underlay_ip);
+    let underlay = blocking(move || {
+        let mut nl = Netlink::new().map_err(|e| e.to_string())?;
+        underlay::detect(&mut nl, ifname.as_deref(), ip)
+    })
+    .await?;
+    tracing::info!(interface = %underlay.ifname, address = %underlay.addr, mtu = underlay.mtu, "underlay");
+
+    let uses_vxlan = cfg.backend != BackendKind::HostGw;
+    let vtep_mac = if uses_vxlan {
+        Some(vxlan::load_or_create_mac(&cfg.state_dir).map_err(|e| {
+            format!("VTEP MAC in {}: {e}", cfg.state_dir.display())
+        })?)
+    } else {
+        None
+    };
+    let me = LocalIdentity {
+        name: cfg.node_name.clone(),
+        underlay_ip: underlay.ip(),
+        vtep_mac: vtep_mac.map(|m| format_mac(&m)),
+    };
+    let pod_mtu = cfg
+        .mtu
+        .unwrap_or(underlay.mtu - if uses_vxlan { vxlan::VXLAN_OVERHEAD } else { 0 });
+    shared.update(|s| {
+        s.underlay = Some(UnderlayStatus {
+            interface: underlay.ifname.clone(),
+            address: underlay.addr,
+            mtu: underlay.mtu,
+        });
+        s.pod_mtu = Some(pod_mtu);
+        s.vtep = vtep_mac.map(|m| VtepStatus {
+            device: vxlan::device_name(cfg.vxlan_vni),
+            mac: format_mac(&m),
+            vni: cfg.vxlan_vni,
+            port: cfg.vxlan_port,
+        });
+        s.waiting_for = Some(format!("datastore {}: this node's pod CIDR", s.datastore));
+    });
+
+    let mut store = build_datastore(&cfg)?;
+    let reg: Registration = store
+        .register(&me, &shared.health)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut cluster_cidrs = reg.cluster_cidrs.clone();
+    cluster_cidrs.extend(cfg.cluster_cidrs.iter().copied());
+    cluster_cidrs.sort();
+    cluster_cidrs.dedup();
+    tracing::info!(pod_cidrs = ?reg.pod_cidrs, cluster_cidrs = ?cluster_cidrs, "registered");
+    shared.update(|s| {
+        s.pod_cidrs = reg.pod_cidrs.clone();
+        s.cluster_cidrs = cluster_cidrs.clone();
+    });
+
+    let firewall = firewall_driver(cfg.firewall)?;
+    let mut policy = Policy::new(cluster_cidrs.clone());
+    policy.masquerade = !cfg.no_masquerade;
+
+    let node = Arc::new(NodeSetup {
+        cfg: cfg.clone(),
+        underlay: Mutex::new(underlay),
+        vtep_mac,
+        pod_cidrs: reg.pod_cidrs.clone(),
+        pod_mtu,
+        firewall,
+        policy,
+    });
+
+    // Node-level set-up, then readiness: CNI config only once forwarding and rules are in place.
+    let n = node.clone();
+    let sh = shared.clone();
+    blocking(move || n.converge_node(&sh)).await;
+
+    let (peers_tx, mut peers_rx) = watch::channel::<Option<Vec<NodeRecord>>>(None);
+    let health = shared.health.clone();
+    let me2 = me.clone();
+    let datastore_task = tokio::spawn(async move { store.run(me2, peers_tx, health).await });
+
+    let mut resync = tokio::time::interval(cfg.resync_interval);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = Box::pin(shutdown_signal());
+    loop {
+        let full = tokio::select! {
+            changed = peers_rx.changed() => {
+                if changed.is_err() {
+                    let why = match datastore_task.await {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "datastore task ended".into(),
+                    };
+                    return Err(why);
+                }
+                false
+            }
+            _ = resync.tick() => true,
+            _ = &mut shutdown => {
+                // Leave everything in place: pods keep working while weftd is away.
+                tracing::info!("shutting down; kernel state left in place");
+                return Ok(());
+            }
+        };
+        let peers = peers_rx.borrow_and_update().clone();
+        let n = node.clone();
+        let sh = shared.clone();
+        blocking(move || {
+            if full {
+                n.converge_node(&sh);
+            }
+            // Until the datastore has delivered a complete peer list, change nothing: what the
+            // kernel has is the best knowledge there is.
+            if let Some(peers) = peers {
+                n.reconcile_peers(&sh, &peers);
+            }
+        })
+        .await;
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// This node's fixed facts plus the pieces that converge the node-level state.
+struct NodeSetup {
+    cfg: RunConfig,
+    underlay: Mutex<Underlay>,
+    vtep_mac: Option<[u8; 6]>,
+    pod_cidrs: Vec<IpNet>,
+    pod_mtu: u32,
+    firewall: Option<Box<dyn Firewall>>,
+    policy: Policy,
+}
+
+impl NodeSetup {
+    /// Forwarding, VTEP, firewall rules and the CNI config; idempotent, run at start-up and on
+    /// every resync (someone may have flushed the rules or deleted the VTEP).
+    fn converge_node(&self, shared: &Shared) {
+        let mut problems = Vec::new();
+        if let Err(e) = self.enable_forwarding() {
+            problems.push(e);
+        }
+        let mut nl = match Netlink::new() {
+            Ok(nl) => nl,
+            Err(e) => {
+                shared.update(|s| s.problems = vec![format!("netlink: {e}")]);
+                return;
+            }
+        };
+        // The underlay may have been re-created (new ifindex) or re-addressed.
+        let cfg = &self.cfg;
+        match underlay::detect(&mut nl, cfg.underlay_interface.as_deref(), cfg.underlay_ip) {
+            Ok(u) => *self.underlay.lock().unwrap() = u,
+            Err(e) => problems.push(format!("underlay: {e}")),
+        }
+        if let Err(e) = self.ensure_vtep(&mut nl) {
+            problems.push(format!("vtep: {e}"));
+        }
+        let fw_status = self.firewall.as_ref().map(|fw| {
+            let mut st = fw.status(&self.policy);
+            if !st.as_ref().map(|s| s.in_place).unwrap_or(false) {
+                if let Err(e) = fw.apply(&self.policy) {
+                    problems.push(format!("firewall {}: {e}", fw.name()));
+                } else {
+                    tracing::info!(driver = fw.name(), "firewall rules applied");
+                }
+                st = fw.status(&self.policy);
+            }
+            match st {
+                Ok(s) => FirewallStatus {
+                    driver: fw.name().into(),
+                    in_place: s.in_place,
+                    problems: s.problems,
+                    warnings: s.warnings,
+                },
+                Err(e) => FirewallStatus {
+                    driver: fw.name().into(),
+                    in_place: false,
+                    problems: vec![e.to_string()],
+                    warnings: vec![],
+                },
+            }
+        });
+        let rules_ok = fw_status.as_ref().is_none_or(|s| s.in_place);
+        let mut cni_written = None;
+        if rules_ok && problems.is_empty() {
+            let conf = cniconf::conflist(cfg, &self.pod_cidrs, self.pod_mtu);
+            match cniconf::write_if_changed(&cfg.cni_conf_dir, &conf) {
+                Ok(wrote) => {
+                    if wrote {
+                        tracing::info!(path = %cniconf::path(&cfg.cni_conf_dir).display(), "CNI config written");
+                    }
+                    cni_written = Some(cniconf::path(&cfg.cni_conf_dir).display().to_string());
+                }
+                Err(e) => problems.push(format!("CNI config in {}: {e}", cfg.cni_conf_dir.display())),
+            }
+        }
+        for p in &problems {
+            tracing::warn!(problem = %p, "node set-up");
+        }
+        shared.update(|s| {
+            s.ready = cni_written.is_some() && rules_ok;
+            s.waiting_for = if s.ready {
+                None
+            } else if !rules_ok {
+                Some("firewall rules".into())
+            } else {
+                Some("node set-up (see problems)".into())
+            };
+            s.cni_config = cni_written;
+            s.firewall = fw_status;
+            s.problems = problems;
+        });
+    }
+
+    fn enable_forwarding(&self) -> Result<(), String> {
+        let mut keys = vec!["net/ipv4/ip_forward"];
+        if self.pod_cidrs.iter().any(|c| c.addr().is_ipv6()) {
+            keys.push("net/ipv6/conf/all/forwarding");
+        }
+        for key in keys {
+            if weft_netops::sysctl::read(key).map(|v| v.trim() == "1").unwrap_or(false) {
+                continue;
+            }
+            weft_netops::sysctl::write(key, "1").map_err(|e| format!("sysctl {key}=1: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn ensure_vtep(&self, nl: &mut Netlink) -> Result<Option<u32>, String> {
+        let Some(mac) = self.vtep_mac else { return Ok(None) };
+        let underlay = self.underlay.lock().unwrap().clone();
+        vxlan::ensure(
+            nl,
+            &vxlan::VtepSpec {
+                vni: self.cfg.vxlan_vni,
+                port: self.cfg.vxlan_port,
+                mac,
+                mtu: underlay.mtu - vxlan::VXLAN_OVERHEAD,
+                underlay: &underlay,
+                pod_cidrs: &self.pod_cidrs,
+            },
+        )
+        .map(Some)
+    }
+
+    fn reconcile_peers(&self, shared: &Shared, peers: &[NodeRecord]) {
+        let started = Instant::now();
+        let mut nl = match Netlink::new() {
+            Ok(nl) => nl,
+            Err(e) => {
+                tracing::error!(error = %e, "netlink");
+                return;
+            }
+        };
+        let vtep_index = match self.vtep_mac {
+            Some(_) => nl
+                .get_link_by_name(&vxlan::device_name(self.cfg.vxlan_vni))
+                .ok()
+                .flatten()
+                .map(|l| l.index),
+            None => None,
+        };
+        let underlay = self.underlay.lock().unwrap().clone();
+        let local = LocalView {
+            backend: self.cfg.backend,
+            underlay: &underlay,
+            vtep_index,
+        };
+        let plans: Vec<_> = peers.iter().map(|p| backend::plan_peer(&local, p)).collect();
+        let report = reconcile::reconcile(&mut nl, &plans, vtep_index);
+        let took = started.elapsed();
+
+        let m = &shared.metrics;
+        m.reconcile_duration.observe(took.as_secs_f64());
+        m.reconcile_errors.inc_by(report.errors.len() as u64);
+        m.reconcile_changes.inc_by(report.changes as u64);
+        for path in [PathKind::HostGw, PathKind::Vxlan] {
+            let n = plans.iter().filter(|p| p.path == path).count();
+            m.peers
+                .get_or_create(&PathLabel { path: path.as_str().into() })
+                .set(n as i64);
+        }
+        for (kind, desired, programmed) in [
+            ("route", report.desired.routes, report.programmed.routes),
+            ("neighbour", report.desired.neighbours, report.programmed.neighbours),
+            ("fdb", report.desired.fdb, report.programmed.fdb),
+        ] {
+            m.kernel_objects
+                .get_or_create(&ObjectLabel { kind: kind.into(), state: "desired".into() })
+                .set(desired as i64);
+            m.kernel_objects
+                .get_or_create(&ObjectLabel { kind: kind.into(), state: "programmed".into() })
+                .set(programmed as i64);
+        }
+        if report.changes > 0 || !report.errors.is_empty() {
+            tracing::info!(
+                peers = peers.len(),
+                changes = report.changes,
+                stale_removed = report.stale_removed,
+                errors = report.errors.len(),
+                took_ms = took.as_millis() as u64,
+                "reconciled"
+            );
+            for e in report.errors.iter().take(5) {
+                tracing::warn!(error = %e, "reconcile");
+            }
+        }
+        shared.update(|s| s.last_reconcile = Some(report));
+    }
+}

@@ -1,0 +1,277 @@
+//! weftd's operator commands other than `run`: init-etcd, status, cleanup, install, uninstall.
+
+use crate::datastore::etcd;
+use crate::{cniconf, http, vxlan};
+use clap::Args;
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use weft_firewall::{DriverKind, IptablesVariant};
+use weft_netops::Netlink;
+
+#[derive(Debug, Clone, Args)]
+pub struct InitEtcd {
+    #[arg(long, env = "WEFT_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: Vec<String>,
+    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = "/weft/network")]
+    pub etcd_prefix: String,
+    /// The cluster's IPv4 pod network.
+    #[arg(long)]
+    pub network: IpNet,
+    /// Prefix length of each node's subnet.
+    #[arg(long, default_value_t = 24)]
+    pub subnet_len: u8,
+    #[arg(long)]
+    pub ipv6_network: Option<IpNet>,
+    #[arg(long)]
+    pub ipv6_subnet_len: Option<u8>,
+}
+
+pub async fn init_etcd(a: InitEtcd) -> Result<(), String> {
+    let cfg = etcd::ClusterConfig {
+        network: a.network,
+        subnet_len: a.subnet_len,
+        ipv6_network: a.ipv6_network,
+        ipv6_subnet_len: a.ipv6_subnet_len,
+    };
+    etcd::write_cluster_config(&a.etcd_endpoints, &a.etcd_prefix, &cfg)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "NO"
+    }
+}
+
+pub fn status(listen: SocketAddr, json: bool) -> Result<(), String> {
+    let (code, body) = http::get_blocking(listen, "/status")
+        .map_err(|e| format!("cannot reach weftd on {listen}: {e} (is it running? see --listen)"))?;
+    if code != 200 {
+        return Err(format!("weftd on {listen} answered {code}: {body}"));
+    }
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let s: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("bad /status: {e}"))?;
+    let st: StatusView = serde_json::from_value(s).map_err(|e| format!("bad /status: {e}"))?;
+    print!("{}", render(&st));
+    Ok(())
+}
+
+/// The subset of [`Status`] the table shows (deserialized from /status).
+#[derive(serde::Deserialize)]
+struct StatusView {
+    node: String,
+    datastore: String,
+    datastore_connected: bool,
+    datastore_error: Option<String>,
+    backend: Option<String>,
+    underlay: Option<serde_json::Value>,
+    pod_cidrs: Vec<String>,
+    cluster_cidrs: Vec<String>,
+    pod_mtu: Option<u32>,
+    vtep: Option<serde_json::Value>,
+    cni_config: Option<String>,
+    firewall: Option<serde_json::Value>,
+    ready: bool,
+    waiting_for: Option<String>,
+    last_reconcile: Option<serde_json::Value>,
+    problems: Vec<String>,
+}
+
+fn render(s: &StatusView) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "node:        {}", s.node);
+    let _ = writeln!(
+        o,
+        "ready:       {}{}",
+        yes_no(s.ready),
+        s.waiting_for.as_deref().map(|w| format!(" (waiting for {w})")).unwrap_or_default()
+    );
+    let _ = writeln!(
+        o,
+        "datastore:   {} ({}){}",
+        s.datastore,
+        if s.datastore_connected { "connected" } else { "DISCONNECTED" },
+        s.datastore_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+    );
+    let _ = writeln!(o, "backend:     {}", s.backend.as_deref().unwrap_or("-"));
+    if let Some(u) = &s.underlay {
+        let _ = writeln!(o, "underlay:    {} {} mtu {}", u["interface"].as_str().unwrap_or("?"), u["address"].as_str().unwrap_or("?"), u["mtu"]);
+    }
+    let _ = writeln!(o, "pod CIDRs:   {}   (cluster: {})   pod MTU {}", s.pod_cidrs.join(", "), s.cluster_cidrs.join(", "), s.pod_mtu.map(|m| m.to_string()).unwrap_or("-".into()));
+    if let Some(v) = &s.vtep {
+        let _ = writeln!(o, "vtep:        {} mac {} vni {} port {}", v["device"].as_str().unwrap_or("?"), v["mac"].as_str().unwrap_or("?"), v["vni"], v["port"]);
+    }
+    let _ = writeln!(o, "cni config:  {}", s.cni_config.as_deref().unwrap_or("NOT WRITTEN"));
+    match &s.firewall {
+        Some(f) => {
+            let _ = writeln!(o, "firewall:    {} rules in place: {}", f["driver"].as_str().unwrap_or("?"), yes_no(f["in_place"].as_bool().unwrap_or(false)));
+            for p in f["problems"].as_array().into_iter().flatten().chain(f["warnings"].as_array().into_iter().flatten()) {
+                let _ = writeln!(o, "             ! {}", p.as_str().unwrap_or(""));
+            }
+        }
+        None => {
+            let _ = writeln!(o, "firewall:    none (--firewall none)");
+        }
+    }
+    if let Some(r) = &s.last_reconcile {
+        let _ = writeln!(o, "\n{:<16} {:<16} {:<24} {:<8} {:<6} {:<6} {:<4}", "PEER", "UNDERLAY", "POD CIDRS", "PATH", "ROUTE", "NEIGH", "FDB");
+        for p in r["peers"].as_array().into_iter().flatten() {
+            let cidrs: Vec<&str> = p["pod_cidrs"].as_array().into_iter().flatten().filter_map(|c| c.as_str()).collect();
+            let path = p["path"].as_str().unwrap_or("?");
+            let l2 = |k: &str| if path == "host-gw" { "-" } else { yes_no(p[k].as_bool().unwrap_or(false)) };
+            let _ = writeln!(
+                o,
+                "{:<16} {:<16} {:<24} {:<8} {:<6} {:<6} {:<4}",
+                p["name"].as_str().unwrap_or("?"),
+                p["underlay_ip"].as_str().unwrap_or("?"),
+                cidrs.join(","),
+                path,
+                yes_no(p["routes_programmed"].as_bool().unwrap_or(false)),
+                l2("neighbours_programmed"),
+                l2("fdb_programmed"),
+            );
+            if let Some(problem) = p["problem"].as_str() {
+                let _ = writeln!(o, "  ! {problem}");
+            }
+        }
+        let _ = writeln!(
+            o,
+            "\nkernel objects desired/programmed: routes {}/{} neighbours {}/{} fdb {}/{}",
+            r["desired"]["routes"], r["programmed"]["routes"], r["desired"]["neighbours"], r["programmed"]["neighbours"], r["desired"]["fdb"], r["programmed"]["fdb"]
+        );
+        for e in r["errors"].as_array().into_iter().flatten() {
+            let _ = writeln!(o, "  ! {}", e.as_str().unwrap_or(""));
+        }
+    } else {
+        let _ = writeln!(o, "\npeers:       not reconciled yet");
+    }
+    for p in &s.problems {
+        let _ = writeln!(o, "problem:     {p}");
+    }
+    o
+}
+
+
+#[derive(Debug, Clone, Args)]
+pub struct Cleanup {
+    #[arg(long, env = "WEFT_VXLAN_VNI", default_value_t = 1)]
+    pub vxlan_vni: u32,
+    #[arg(long, env = "WEFT_BRIDGE", default_value = "weft0")]
+    pub bridge: String,
+    #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    #[arg(long, env = "WEFT_IPAM_DATA_DIR", default_value = "/var/lib/cni/weft")]
+    pub ipam_data_dir: PathBuf,
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    pub state_dir: PathBuf,
+}
+
+/// Removes everything weft made on this node; keeps going past errors and reports them all.
+pub fn cleanup(a: &Cleanup) -> Result<(), String> {
+    let mut errors = Vec::new();
+    let mut nl = Netlink::new().map_err(|e| e.to_string())?;
+    if let Err(e) = crate::reconcile::remove_all_routes(&mut nl) {
+        errors.push(format!("routes: {e}"));
+    }
+    // Pod veths (alias "weft:..."), the VTEP and the bridge.
+    match nl.list_links() {
+        Ok(links) => {
+            for l in links {
+                let ours = l.alias.as_deref().is_some_and(|a| a.starts_with("weft:"))
+                    || l.name == vxlan::device_name(a.vxlan_vni)
+                    || l.name == a.bridge;
+                if ours {
+                    if let Err(e) = nl.delete_link(l.index) {
+                        if !e.is_not_found() {
+                            errors.push(format!("delete {}: {e}", l.name));
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) => errors.push(format!("list links: {e}")),
+    }
+    for kind in [
+        DriverKind::Nftables,
+        DriverKind::Iptables(IptablesVariant::Nft),
+        DriverKind::Iptables(IptablesVariant::Legacy),
+    ] {
+        // A driver whose tools are not installed has nothing to remove.
+        if let Ok(fw) = weft_firewall::driver(kind) {
+            if let Err(e) = fw.remove() {
+                errors.push(format!("firewall {}: {e}", fw.name()));
+            }
+        }
+    }
+    for path in [cniconf::path(&a.cni_conf_dir)] {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                errors.push(format!("{}: {e}", path.display()))
+            }
+            _ => {}
+        }
+    }
+    for dir in [&a.ipam_data_dir, &a.state_dir] {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                errors.push(format!("{}: {e}", dir.display()))
+            }
+            _ => {}
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("cleanup incomplete: {}", errors.join("; ")))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Install {
+    /// The plugin binary to install (default: `weft` next to this weftd).
+    #[arg(long, env = "WEFT_PLUGIN_SOURCE")]
+    pub plugin_source: Option<PathBuf>,
+    #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+}
+
+fn plugin_source(a: &Install) -> Result<PathBuf, String> {
+    match &a.plugin_source {
+        Some(p) => Ok(p.clone()),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())
+            .map(|exe| exe.with_file_name("weft")),
+    }
+}
+
+/// Copies the plugin into the CNI bin dir atomically: a runtime exec'ing it mid-copy must see
+/// the old binary or the new one, never half of one.
+pub fn install(a: &Install) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let src = plugin_source(a)?;
+    std::fs::create_dir_all(&a.cni_bin_dir).map_err(|e| format!("{}: {e}", a.cni_bin_dir.display()))?;
+    let target = a.cni_bin_dir.join("weft");
+    let tmp = a.cni_bin_dir.join(".weft.tmp");
+    std::fs::copy(&src, &tmp).map_err(|e| format!("copy {} to {}: {e}", src.display(), tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, &target).map_err(|e| format!("rename to {}: {e}", target.display()))?;
+    println!("installed {}", target.display());
+    Ok(())
+}
+
+pub fn uninstall(a: &Install) -> Result<(), String> {
+    let target = a.cni_bin_dir.join("weft");
+    match std::fs::remove_file(&target) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("{}: {e}", target.display())),
+        _ => Ok(()),
+    }
+}

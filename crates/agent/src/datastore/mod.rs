@@ -1,0 +1,92 @@
+//! Datastores: where a node learns its pod CIDRs and its peers.
+//!
+//! Each one registers this node (`register`) and then streams the full set of *other* nodes
+//! whenever it changes (`run`). The reconcile loop only ever sees whole peer lists, so an
+//! event missed while the agent was down cannot leave stale state behind.
+
+pub mod etcd;
+pub mod static_file;
+
+use crate::node::{LocalIdentity, NodeRecord, Registration};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// The peer set as last reported; `None` until the datastore delivered its first full list.
+pub type PeersTx = watch::Sender<Option<Vec<NodeRecord>>>;
+
+/// Datastore connectivity, shared with readiness, status and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<Mutex<HealthState>>);
+
+#[derive(Debug, Clone, Default)]
+pub struct HealthState {
+    pub connected: bool,
+    pub last_error: Option<String>,
+}
+
+impl Health {
+    pub fn ok(&self) {
+        let mut s = self.0.lock().unwrap();
+        s.connected = true;
+        s.last_error = None;
+    }
+    pub fn failed(&self, err: impl ToString) {
+        let mut s = self.0.lock().unwrap();
+        s.connected = false;
+        s.last_error = Some(err.to_string());
+    }
+    pub fn get(&self) -> HealthState {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreError {
+    #[error("static node file {path}: {detail}")]
+    Static { path: String, detail: String },
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
+}
+
+pub enum Datastore {
+    Static(static_file::StaticStore),
+    Etcd(etcd::EtcdStore),
+}
+
+impl Datastore {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Datastore::Static(_) => "static",
+            Datastore::Etcd(_) => "etcd",
+        }
+    }
+
+    /// Learns this node's pod CIDRs, publishing `me` where the datastore keeps it. Waits (and
+    /// retries) until the datastore can answer.
+    pub async fn register(
+        &mut self,
+        me: &LocalIdentity,
+        health: &Health,
+    ) -> Result<Registration, DatastoreError> {
+        match self {
+            Datastore::Static(s) => s.register(me, health).await,
+            Datastore::Etcd(s) => s.register(me, health).await,
+        }
+    }
+
+    /// Keeps the registration alive and sends the full peer list on every change. Returns
+    /// only on a fatal error.
+    pub async fn run(
+        self,
+        me: LocalIdentity,
+        peers: PeersTx,
+        health: Health,
+    ) -> Result<(), DatastoreError> {
+        match self {
+            Datastore::Static(s) => s.run(me, peers, health).await,
+            Datastore::Etcd(s) => s.run(me, peers, health).await,
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The agent's HTTP endpoints: /healthz, /readyz, /metrics (Prometheus text) and /status
+//! (JSON, what `weftd status` prints). All read-only.
+
+use crate::agent::Shared;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<(), String> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(shared);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("listen on {addr}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let s = shared.snapshot();
+    if s.ready {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        let why = s.waiting_for.unwrap_or_else(|| "not ready".into());
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: waiting for {why}\n"))
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        shared.metrics.encode(),
+    )
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    Json(shared.snapshot())
+}
+
+/// A minimal blocking HTTP/1.0 GET for the CLI (`weftd status`): status code and body.
+pub fn get_blocking(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad HTTP answer from {addr}")))?;
+    Ok((code, body.to_string()))
+}

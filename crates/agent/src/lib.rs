@@ -1,0 +1,20 @@
+//! weftd, the weft node agent: learns this node's pod CIDRs from a datastore, writes the CNI
+//! configuration, makes other nodes' pods reachable (host-gw routes or a VXLAN overlay),
+//! installs forward-accept and masquerade rules, and reconciles all of it continuously.
+//!
+//! One idea per module: `datastore` (where CIDRs and peers come from), `backend` (peer ->
+//! kernel objects), `reconcile` (kernel diff and apply), `vxlan` (the VTEP), `cniconf` (the
+//! conflist), `agent` (the loop), `http`/`metrics` (what operators see), `cli` (the rest).
+
+pub mod agent;
+pub mod backend;
+pub mod cli;
+pub mod cniconf;
+pub mod config;
+pub mod datastore;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod reconcile;
+pub mod underlay;
+pub mod vxlan;

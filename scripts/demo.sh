@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The lab demo: a multi-node cluster of network namespaces running the real weftd and weft
+# plugin, its connectivity matrix printed, then torn down. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root (the lab builds network namespaces)" >&2; exit 1; }
+./scripts/install-deps.sh
+cargo build --release --quiet --bin weft --bin weftd --bin weft-lab
+exec target/release/weft-lab demo "$@"
