@@ -155,14 +155,14 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
     tracing::info!(interface = %underlay.ifname, address = %underlay.addr, mtu = underlay.mtu, "underlay");
 
     let uses_vxlan = cfg.backend != BackendKind::HostGw;
-    let vtep_mac = if uses_vxlan {
+    let mut vtep_mac = if uses_vxlan {
         Some(vxlan::load_or_create_mac(&cfg.state_dir).map_err(|e| {
             format!("VTEP MAC in {}: {e}", cfg.state_dir.display())
         })?)
     } else {
         None
     };
-    let me = LocalIdentity {
+    let mut me = LocalIdentity {
         name: cfg.node_name.clone(),
         underlay_ip: underlay.ip(),
         vtep_mac: vtep_mac.map(|m| format_mac(&m)),
@@ -191,6 +191,12 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
         .register(&me, &shared.health)
         .await
         .map_err(|e| e.to_string())?;
+    if let (true, Some(assigned)) = (uses_vxlan, reg.vtep_mac.as_deref()) {
+        let mac = vxlan::parse_mac(assigned)
+            .ok_or_else(|| format!("datastore assigns a bad VTEP MAC {assigned:?}"))?;
+        vtep_mac = Some(mac);
+        me.vtep_mac = Some(format_mac(&mac));
+    }
     let mut cluster_cidrs = reg.cluster_cidrs.clone();
     cluster_cidrs.extend(cfg.cluster_cidrs.iter().copied());
     cluster_cidrs.sort();
@@ -199,6 +205,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
     shared.update(|s| {
         s.pod_cidrs = reg.pod_cidrs.clone();
         s.cluster_cidrs = cluster_cidrs.clone();
+        if let (Some(v), Some(mac)) = (s.vtep.as_mut(), vtep_mac) {
+            v.mac = format_mac(&mac);
+        }
     });
 
     let firewall = firewall_driver(cfg.firewall)?;

@@ -32,4 +32,7 @@ pub struct Registration {
     pub pod_cidrs: Vec<IpNet>,
     /// The cluster network(s): traffic inside them is never masqueraded.
     pub cluster_cidrs: Vec<IpNet>,
+    /// The VTEP MAC the datastore assigns this node (static files name it; others leave it
+    /// to the node, which keeps its own in its state dir).
+    pub vtep_mac: Option<String>,
 }

@@ -654,6 +654,7 @@ impl EtcdStore {
             let reg = Registration {
                 pod_cidrs: claimed.pod_cidrs.clone(),
                 cluster_cidrs: config.cluster_cidrs(),
+                vtep_mac: None,
             };
             self.claimed = Some(claimed);
             self.lease = Some(lease);

@@ -64,6 +64,7 @@ impl StaticStore {
         Ok(Registration {
             pod_cidrs: mine.pod_cidrs.clone(),
             cluster_cidrs: file.cluster_cidrs,
+            vtep_mac: mine.vtep_mac.clone(),
         })
     }
 
