@@ -12,6 +12,7 @@ mod exec;
 mod iptables;
 mod nft;
 mod plan;
+pub mod pod_masq;
 
 use std::process::ExitStatus;
 

@@ -1,15 +1,17 @@
 //! Per-pod masquerade for `ipMasq: true` (off by default: weftd masquerades for the node).
+//! The rules live in weft-firewall's `pod_masq`, keyed by pod IP, so DEL needs no netns.
+
 use ipnet::IpNet;
 use std::net::IpAddr;
 use weft_cni::error::{self, CniError};
+use weft_firewall::pod_masq;
 
-pub fn add(_network: &str, _ips: &[IpAddr], _nets: &[IpNet]) -> Result<(), CniError> {
-    Err(CniError::new(
-        error::UNSUPPORTED_FIELD,
-        "ipMasq: true is not supported yet; weftd masquerades pod traffic",
-    ))
+pub fn add(network: &str, ips: &[IpAddr], subnets: &[IpNet]) -> Result<(), CniError> {
+    pod_masq::add(network, ips, subnets)
+        .map_err(|e| CniError::new(error::IO_FAILURE, format!("ipMasq: {e}")))
 }
 
-pub fn remove(_network: &str, _ips: &[IpAddr]) -> Result<(), CniError> {
-    Ok(())
+pub fn remove(network: &str, ips: &[IpAddr]) -> Result<(), CniError> {
+    pod_masq::remove(network, ips)
+        .map_err(|e| CniError::new(error::IO_FAILURE, format!("ipMasq: {e}")))
 }

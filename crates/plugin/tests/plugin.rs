@@ -640,3 +640,48 @@ fn bad_input_gets_the_right_error_and_changes_nothing() {
     let mut pod_nl = Netlink::in_netns(pod.handle()).unwrap();
     assert!(pod_nl.get_link_by_name("eth0").unwrap().is_none());
 }
+
+/// ipMasq: pod traffic leaving its subnet is masqueraded behind the node; the rule goes away
+/// on DEL even when the pod's netns is already gone.
+#[test]
+fn ip_masq_masquerades_and_del_without_netns_removes_it() {
+    use weft_lab::probe::{in_netns_thread, whoami, WhoAmIServer};
+    use weft_netops::VethSpec;
+    let node = Node::new();
+    let ext = Netns::new("wtp-ext").unwrap();
+    // node --veth-- ext, 198.18.0.0/24 (benchmarking range; lives only in these netns).
+    let mut nl = node.nl();
+    let mut spec = VethSpec::new("toext", "eth0");
+    spec.peer_netns = Some(ext.handle());
+    nl.create_veth(&spec).unwrap();
+    let l = nl.get_link_by_name("toext").unwrap().unwrap();
+    nl.add_address(l.index, "198.18.0.1/24".parse().unwrap(), true).unwrap();
+    nl.set_link_up(l.index).unwrap();
+    let mut ext_nl = Netlink::in_netns(ext.handle()).unwrap();
+    let e = ext_nl.get_link_by_name("eth0").unwrap().unwrap();
+    ext_nl.add_address(e.index, "198.18.0.2/24".parse().unwrap(), true).unwrap();
+    ext_nl.set_link_up(e.index).unwrap();
+
+    let mut conf = node.conf("1.1.0", &[&["10.86.0.0/24"]]);
+    conf["ipMasq"] = json!(true);
+    let network = format!("testnet{}", std::process::id());
+    conf["name"] = json!(network);
+    let pod = Netns::new("wtp-masq").unwrap();
+    let r = node.add("ctr-masq", &pod, &conf);
+    let pod_ip = ips_of(&r)[0];
+    let net2 = network.clone();
+    let listed = in_netns_thread(node.ns.handle(), move || weft_firewall::pod_masq::list(&net2)).unwrap().unwrap();
+    assert_eq!(listed, vec![pod_ip]);
+
+    let server = WhoAmIServer::start(ext.handle(), "198.18.0.2".parse().unwrap(), 0).unwrap();
+    let seen = whoami(pod.handle(), "198.18.0.2".parse().unwrap(), server.port).unwrap();
+    assert_eq!(seen, "198.18.0.1".parse::<IpAddr>().unwrap(), "masqueraded behind the node");
+
+    let path = pod.path();
+    drop(pod);
+    let out = node.call("DEL", "ctr-masq", Some(&path), &conf);
+    assert!(out.ok(), "{}", out.stdout);
+    let net2 = network.clone();
+    let listed = in_netns_thread(node.ns.handle(), move || weft_firewall::pod_masq::list(&net2)).unwrap().unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+}
