@@ -121,9 +121,13 @@ fn build_datastore(cfg: &RunConfig) -> Result<Datastore, String> {
                 state_dir: cfg.state_dir.clone(),
             },
         )),
-        DatastoreKind::Kubernetes => {
-            return Err("the kubernetes datastore is not built into this weftd yet".into())
-        }
+        DatastoreKind::Kubernetes => Datastore::Kubernetes(datastore::kube::KubeStore::new(
+            datastore::kube::KubeConfig {
+                kubeconfig: cfg.kubeconfig.clone(),
+                node_name: cfg.node_name.clone(),
+                cluster_cidrs: cfg.cluster_cidrs.clone(),
+            },
+        )),
     })
 }
 

@@ -154,7 +154,11 @@ impl ClusterConfig {
             count = span(net.prefix_len(), len);
         }
         if let Some((net6, len6)) = v6 {
-            let field = if v4.is_some() { "ipv6SubnetLen" } else { "subnetLen" };
+            let field = if v4.is_some() {
+                "ipv6SubnetLen"
+            } else {
+                "subnetLen"
+            };
             check_split(&IpNet::V6(net6), len6, 126, field)?;
             let count6 = span(net6.prefix_len(), len6);
             if let Some((net, len)) = v4 {
@@ -386,11 +390,11 @@ async fn connect(endpoints: &[String]) -> Result<Client, Fail> {
         .with_keep_alive(Duration::from_secs(10), REQUEST_TIMEOUT);
     match tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(endpoints, Some(opts))).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(
-            e @ (etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)),
-        )) => Err(Fail::Fatal(DatastoreError::Etcd(format!(
-            "endpoints {endpoints:?}: {e}"
-        )))),
+        Ok(Err(e @ (etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)))) => {
+            Err(Fail::Fatal(DatastoreError::Etcd(format!(
+                "endpoints {endpoints:?}: {e}"
+            ))))
+        }
         Ok(Err(e)) => Err(Fail::Unavailable(format!("connect to {endpoints:?}: {e}"))),
         Err(_) => Err(Fail::Unavailable(format!(
             "connect to {endpoints:?}: no answer within {REQUEST_TIMEOUT:?}"
@@ -457,7 +461,13 @@ async fn claim(
     lease: i64,
 ) -> Result<Claim, Fail> {
     let value = serde_json::to_vec(record).expect("NodeRecord serializes");
-    let put = || TxnOp::put(key, value.clone(), Some(PutOptions::new().with_lease(lease)));
+    let put = || {
+        TxnOp::put(
+            key,
+            value.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+    };
     let txn = Txn::new()
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
         .and_then([put()])
@@ -643,7 +653,11 @@ impl EtcdStore {
             };
             match claim(&mut client, &claimed.key, &claimed.record(me), lease).await? {
                 Claim::TakenBy(other) => {
-                    info!(key = claimed.key, holder = other, "etcd: subnet taken meanwhile, picking again");
+                    info!(
+                        key = claimed.key,
+                        holder = other,
+                        "etcd: subnet taken meanwhile, picking again"
+                    );
                     continue;
                 }
                 Claim::Raced => continue,
@@ -746,10 +760,18 @@ impl EtcdStore {
         match claim(&mut client, &claimed.key, &claimed.record(me), lease).await? {
             Claim::Unchanged => {}
             Claim::Created => {
-                info!(node = me.name, key = claimed.key, "etcd: re-registered own subnet")
+                info!(
+                    node = me.name,
+                    key = claimed.key,
+                    "etcd: re-registered own subnet"
+                )
             }
             Claim::TookOver => {
-                info!(node = me.name, key = claimed.key, "etcd: updated own record")
+                info!(
+                    node = me.name,
+                    key = claimed.key,
+                    "etcd: updated own record"
+                )
             }
             Claim::Raced => return Err(Fail::Resync(format!("{} changed", claimed.key))),
             Claim::TakenBy(other) => {
@@ -793,7 +815,8 @@ impl EtcdStore {
         debug!(revision, nodes = nodes.len(), "etcd: in sync, watching");
 
         let own_key = claimed.key.as_bytes();
-        let mut tick = tokio::time::interval((self.cfg.lease_ttl / 3).max(Duration::from_millis(500)));
+        let mut tick =
+            tokio::time::interval((self.cfg.lease_ttl / 3).max(Duration::from_millis(500)));
         let mut last_ack = Instant::now();
         loop {
             tokio::select! {
@@ -878,7 +901,10 @@ impl EtcdStore {
         let net: IpNet = format!("{addr}/{len}").parse().ok()?;
         let index = layout.index_of(net);
         if index.is_none() {
-            warn!(key, "etcd: subnet key outside the cluster network, ignored for allocation");
+            warn!(
+                key,
+                "etcd: subnet key outside the cluster network, ignored for allocation"
+            );
         }
         index
     }
@@ -969,8 +995,9 @@ mod tests {
 
     #[test]
     fn layout_indexes_round_trip() {
-        let c = cfg(r#"{"network":"10.244.0.0/16","subnetLen":24,"ipv6Network":"fd00:10:244::/56"}"#)
-            .unwrap();
+        let c =
+            cfg(r#"{"network":"10.244.0.0/16","subnetLen":24,"ipv6Network":"fd00:10:244::/56"}"#)
+                .unwrap();
         let l = c.layout().unwrap();
         assert_eq!(l.count, 256);
         let s = l.subnets(3);
@@ -992,7 +1019,10 @@ mod tests {
         let v6 = cfg(r#"{"network":"fd00::/120","subnetLen":124}"#).unwrap();
         let l = v6.layout().unwrap();
         assert_eq!(l.count, 16);
-        assert_eq!(l.subnets(15), vec!["fd00::f0/124".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            l.subnets(15),
+            vec!["fd00::f0/124".parse::<IpNet>().unwrap()]
+        );
         assert_eq!(l.index_of("fd00::f0/124".parse().unwrap()), Some(15));
     }
 
@@ -1000,8 +1030,14 @@ mod tests {
     fn invalid_configs_are_rejected_with_reasons() {
         let cases = [
             (r#"{}"#, "missing field `network`"),
-            (r#"{"network":"10.244.0.0/16","subnetLen":16}"#, "longer than the prefix"),
-            (r#"{"network":"10.244.0.0/16","subnetLen":31}"#, "no room for pods"),
+            (
+                r#"{"network":"10.244.0.0/16","subnetLen":16}"#,
+                "longer than the prefix",
+            ),
+            (
+                r#"{"network":"10.244.0.0/16","subnetLen":31}"#,
+                "no room for pods",
+            ),
             (r#"{"network":"10.244.1.0/16"}"#, "host bits"),
             (
                 r#"{"network":"10.0.0.0/8","subnetLen":24,"ipv6Network":"fd00::/56","ipv6SubnetLen":64}"#,

@@ -5,6 +5,7 @@
 //! event missed while the agent was down cannot leave stale state behind.
 
 pub mod etcd;
+pub mod kube;
 pub mod static_file;
 
 use crate::node::{LocalIdentity, NodeRecord, Registration};
@@ -53,6 +54,7 @@ pub enum DatastoreError {
 pub enum Datastore {
     Static(static_file::StaticStore),
     Etcd(etcd::EtcdStore),
+    Kubernetes(kube::KubeStore),
 }
 
 impl Datastore {
@@ -60,6 +62,7 @@ impl Datastore {
         match self {
             Datastore::Static(_) => "static",
             Datastore::Etcd(_) => "etcd",
+            Datastore::Kubernetes(_) => "kubernetes",
         }
     }
 
@@ -73,6 +76,7 @@ impl Datastore {
         match self {
             Datastore::Static(s) => s.register(me, health).await,
             Datastore::Etcd(s) => s.register(me, health).await,
+            Datastore::Kubernetes(s) => s.register(me, health).await,
         }
     }
 
@@ -87,6 +91,7 @@ impl Datastore {
         match self {
             Datastore::Static(s) => s.run(me, peers, health).await,
             Datastore::Etcd(s) => s.run(me, peers, health).await,
+            Datastore::Kubernetes(s) => s.run(me, peers, health).await,
         }
     }
 }
