@@ -82,6 +82,21 @@ pub struct GcReport {
     pub errors: Vec<IpamError>,
 }
 
+/// The fsyncs of an [`Store::allocate_deferred_sync`], running on their own thread.
+#[derive(Debug)]
+pub struct PendingSync {
+    thread: std::thread::JoinHandle<Result<()>>,
+}
+
+impl PendingSync {
+    /// Waits until the reservations are durable.
+    pub fn wait(self) -> Result<()> {
+        self.thread.join().unwrap_or_else(|_| {
+            Err(IpamError::request("fsync thread panicked"))
+        })
+    }
+}
+
 /// The store of one network: `<data_dir>/<network>/`.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -152,6 +167,43 @@ impl Store {
         who: &Attachment,
         requested: &[IpAddr],
     ) -> Result<Vec<Allocation>> {
+        self.allocate_inner(sets, who, requested, true)
+    }
+
+    /// Like [`Store::allocate`], but the fsyncs that make the reservations survive a power
+    /// loss run on a background thread; [`PendingSync::wait`] joins it. The CNI plugin overlaps
+    /// them with its netlink work and waits before it reports success, so "durable before ADD
+    /// returns" still holds. Uniqueness does not depend on the fsyncs: the reservation's name
+    /// is taken (link) before this returns, and a kill -9 loses nothing from the page cache.
+    pub fn allocate_deferred_sync(
+        &self,
+        sets: &[RangeSet],
+        who: &Attachment,
+        requested: &[IpAddr],
+    ) -> Result<(Vec<Allocation>, PendingSync)> {
+        let made = self.allocate_inner(sets, who, requested, false)?;
+        let files: Vec<PathBuf> = made.iter().map(|a| self.ip_path(a.address.addr())).collect();
+        let dir = self.dir.clone();
+        let thread = std::thread::spawn(move || -> Result<()> {
+            for f in &files {
+                File::open(f)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| IpamError::io("sync reservation", f, e))?;
+            }
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| IpamError::io("sync directory", &dir, e))
+        });
+        Ok((made, PendingSync { thread }))
+    }
+
+    fn allocate_inner(
+        &self,
+        sets: &[RangeSet],
+        who: &Attachment,
+        requested: &[IpAddr],
+        durable: bool,
+    ) -> Result<Vec<Allocation>> {
         check_attachment(who)?;
         if sets.is_empty() {
             return Err(IpamError::request("no range sets to allocate from"));
@@ -195,8 +247,8 @@ impl Store {
         let mut made: Vec<Allocation> = Vec::with_capacity(sets.len());
         for (idx, set) in sets.iter().enumerate() {
             let picked = match wanted[idx] {
-                Some(ip) => self.reserve_requested(set, ip, who, &owners),
-                None => self.reserve_next(idx, set, who, &mut taken, &gateways),
+                Some(ip) => self.reserve_requested(set, ip, who, &owners, durable),
+                None => self.reserve_next(idx, set, who, &mut taken, &gateways, durable),
             };
             match picked {
                 Ok(alloc) => {
@@ -221,7 +273,9 @@ impl Store {
             self.write_last_reserved(a.set_index, a.address.addr());
         }
         // Makes the new names durable before we report success.
-        self.sync_dir()?;
+        if durable {
+            self.sync_dir()?;
+        }
         Ok(made)
     }
 
@@ -450,11 +504,11 @@ impl Store {
     }
 
     /// Durably creates the reservation file for `ip`; false if the name is already taken.
-    fn reserve(&self, ip: IpAddr, who: &Attachment) -> Result<bool> {
+    fn reserve(&self, ip: IpAddr, who: &Attachment, durable: bool) -> Result<bool> {
         let target = self.ip_path(ip);
         let tmp = self.temp_path();
         let content = format!("{}\r\n{}", who.container_id, who.ifname);
-        write_synced(&tmp, content.as_bytes())?;
+        write_file(&tmp, content.as_bytes(), durable)?;
         // link() never replaces an existing name: exclusive even without the lock.
         let linked = fs::hard_link(&tmp, &target);
         // A leftover temp is removed by the next locked operation.
@@ -472,6 +526,7 @@ impl Store {
         ip: IpAddr,
         who: &Attachment,
         owners: &HashMap<IpAddr, &Reservation>,
+        durable: bool,
     ) -> Result<Allocation> {
         let unavailable = |owner: String| IpamError::RequestedUnavailable { ip, owner };
         if let Some(r) = owners.get(&ip) {
@@ -483,7 +538,7 @@ impl Store {
         let Some(range) = set.iter().find(|r| r.contains(ip)) else {
             return Err(IpamError::RequestedOutOfRange { ip });
         };
-        if !self.reserve(ip, who)? {
+        if !self.reserve(ip, who, durable)? {
             return Err(unavailable("held (file appeared)".to_string()));
         }
         Ok(allocation(range, ip))
@@ -496,6 +551,7 @@ impl Store {
         who: &Attachment,
         taken: &mut HashSet<IpAddr>,
         gateways: &HashMap<IpAddr, IpNet>,
+        durable: bool,
     ) -> Result<Allocation> {
         let last = self.read_last_reserved(idx);
         // The walk only passes over taken addresses and gateways before it finds a free one,
@@ -504,7 +560,7 @@ impl Store {
             if taken.contains(&ip) || gateways.contains_key(&ip) {
                 continue;
             }
-            if self.reserve(ip, who)? {
+            if self.reserve(ip, who, durable)? {
                 return Ok(allocation(&set[ri], ip));
             }
             taken.insert(ip);
@@ -713,6 +769,10 @@ fn parse_owner(path: &Path, bytes: &[u8]) -> Result<Attachment> {
 }
 
 fn write_synced(path: &Path, content: &[u8]) -> Result<()> {
+    write_file(path, content, true)
+}
+
+fn write_file(path: &Path, content: &[u8], sync: bool) -> Result<()> {
     let result = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -720,7 +780,10 @@ fn write_synced(path: &Path, content: &[u8]) -> Result<()> {
         .open(path)
         .and_then(|mut f| {
             f.write_all(content)?;
-            f.sync_all()
+            if sync {
+                f.sync_all()?;
+            }
+            Ok(())
         });
     result.map_err(|e| {
         let _ = fs::remove_file(path);

@@ -157,7 +157,31 @@ fn sigkill_at_any_moment_leaves_consistent_state() {
         // Two workers racing, so a kill can land while the other holds the lock, too.
         let mut a = spawn_child(&dir, &format!("k{round}a"), 0, true);
         let mut b = spawn_child(&dir, &format!("k{round}b"), 0, true);
-        std::thread::sleep(Duration::from_millis(40 + round * 13));
+        // Wait until both are busy, so the kill lands mid-work.
+        let store = Store::open(&dir, NETWORK).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let owners: Vec<String> = store
+                .list()
+                .unwrap()
+                .into_iter()
+                .map(|(_, w)| w.container_id)
+                .collect();
+            let busy = |t: &str| {
+                owners
+                    .iter()
+                    .any(|o| o.starts_with(&format!("k{round}{t}-")))
+            };
+            if busy("a") && busy("b") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "workers did not start"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(round * 3));
         a.kill().unwrap(); // SIGKILL
         b.kill().unwrap();
         a.wait().unwrap();

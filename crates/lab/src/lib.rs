@@ -1,10 +1,22 @@
 //! weft-lab: network namespaces playing nodes, pods, an underlay and the outside world, with
 //! the real `weft` plugin exec'd the way a runtime execs it. Used by the `weft-lab` binary (the
 //! demo), by the end-to-end tests and by the benchmarks.
+//!
+//! * [`cluster`]: [`Cluster`], the multi-node lab (topology, etcd, one weftd per node, pods).
+//! * [`conflist`]: runs a CNI conflist as libcni does (ADD in order, DEL in reverse).
+//! * [`matrix`]: the connectivity matrix and its expected-vs-actual check.
+//! * [`registry`]: lab ids and dirs, `down` (remove a lab), `shutdown_all` (signal handlers).
+//! * [`ns`], [`plugin`], [`probe`]: netns guards, one plugin exec, ping / whoami / HTTP GET.
 
+pub mod cluster;
+pub mod conflist;
+pub mod matrix;
 pub mod ns;
 pub mod plugin;
 pub mod probe;
+pub mod registry;
 
+pub use cluster::{Cluster, DatastoreKind, LabConfig, LabError, Node, Pod};
+pub use conflist::{Attachment, ConfList, ConfListError};
 pub use ns::Netns;
 pub use plugin::{PluginOutput, PluginRunner};

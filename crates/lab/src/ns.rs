@@ -10,9 +10,12 @@ use weft_netops::netns::{self, NetNs};
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A named netns under /run/netns, deleted on drop (also when a test panics).
+#[derive(Debug)]
 pub struct Netns {
     pub name: String,
     ns: NetNs,
+    /// Set by [`Netns::keep`]: the named netns outlives this guard.
+    keep: std::sync::atomic::AtomicBool,
 }
 
 impl Netns {
@@ -29,11 +32,17 @@ impl Netns {
         Ok(Netns {
             name: name.to_string(),
             ns,
+            keep: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Disarms the guard: the named netns stays after drop (a lab kept with `--keep`).
+    pub fn keep(&self) {
+        self.keep.store(true, Ordering::Relaxed);
     }
 
     pub fn handle(&self) -> &NetNs {
@@ -65,6 +74,9 @@ pub fn enter_command(ns: &NetNs, program: impl AsRef<std::ffi::OsStr>) -> Comman
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if self.keep.load(Ordering::Relaxed) {
+            return;
+        }
         if let Err(e) = netns::delete_named(&self.name) {
             eprintln!("weft-lab: cannot delete netns {}: {e}", self.name);
         }

@@ -126,3 +126,31 @@ pub fn whoami(from: &NetNs, to: IpAddr, port: u16) -> std::io::Result<IpAddr> {
             .map_err(|_| std::io::Error::other(format!("bad answer {buf:?}")))
     })?
 }
+
+/// A minimal HTTP/1.0 GET from inside `ns` (agent readiness, etcd health): returns the status
+/// code and the body.
+pub fn http_get(
+    ns: &NetNs,
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> std::io::Result<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    in_netns_thread(ns, move || -> std::io::Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.write_all(request.as_bytes())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad HTTP answer {head:?}")))?;
+        Ok((status, body.to_string()))
+    })?
+}

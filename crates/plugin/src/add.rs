@@ -59,7 +59,7 @@ pub fn run(conf: &Config, env: &Env) -> Result<CniResult, CniError> {
     let host_name = names::host_veth(&conf.name, &env.container_id, &env.ifname);
     let host_alias = names::host_alias(&conf.name, &env.container_id, &env.ifname);
 
-    let assigned = ipam::add(conf, env)?;
+    let (assigned, durability) = ipam::add(conf, env)?;
     let mut undo = Rollback {
         conf,
         env,
@@ -70,43 +70,46 @@ pub fn run(conf: &Config, env: &Env) -> Result<CniResult, CniError> {
     };
 
     let mut nl = Netlink::new().map_err(nl_error)?;
-    if let Some(stale) = nl.get_link_by_name(&host_name).map_err(nl_error)? {
-        // We hold no reservation for this attachment (IPAM would have refused), so a host veth
-        // of this name is a leftover of a crashed ADD or DEL: ours to remove.
-        if stale.alias.as_deref() == Some(host_alias.as_str()) {
-            nl.delete_link_by_name(&host_name).map_err(nl_error)?;
-        } else {
-            return Err(CniError::new(
-                error::ALREADY_EXISTS,
-                format!("host interface {host_name} exists and is not this attachment's"),
-            ));
-        }
-    }
     let bridge = dataplane::ensure_bridge(&mut nl, conf, &assigned)?;
     let mtu = conf
         .mtu
         .unwrap_or_else(|| dataplane::default_route_mtu(&mut nl));
     let routes = dataplane::pod_routes(conf, &assigned);
 
-    undo.host_veth = Some(host_name.clone());
-    let links = dataplane::setup_veth(
-        &mut nl,
-        conf,
-        &bridge,
-        &pod_ns,
-        &host_name,
-        &host_alias,
-        &env.ifname,
-        mtu,
-        &assigned,
-        &routes,
-    )?;
+    let setup = |nl: &mut Netlink| {
+        dataplane::setup_veth(
+            nl, conf, &bridge, &pod_ns, &host_name, &host_alias, &env.ifname, mtu, &assigned,
+            &routes,
+        )
+    };
+    let links = match setup(&mut nl) {
+        Err(e) if e.code == error::ALREADY_EXISTS => {
+            // We hold no reservation for this attachment (IPAM would have refused), so a host
+            // veth of this name carrying this attachment's alias is a leftover of a crashed
+            // ADD or DEL: remove it and try once more. Anything else is not ours to touch.
+            let stale = nl.get_link_by_name(&host_name).map_err(nl_error)?;
+            if stale.as_ref().and_then(|l| l.alias.as_deref()) != Some(host_alias.as_str()) {
+                return Err(e);
+            }
+            nl.delete_link_by_name(&host_name).map_err(nl_error)?;
+            undo.host_veth = Some(host_name.clone());
+            setup(&mut nl)?
+        }
+        other => {
+            undo.host_veth = Some(host_name.clone());
+            other?
+        }
+    };
 
     if conf.ip_masq {
         let ips: Vec<_> = assigned.iter().map(|a| a.address.addr()).collect();
         undo.masq_ips = ips.clone();
         let nets: Vec<_> = assigned.iter().map(|a| a.address.trunc()).collect();
         masq::add(&conf.name, &ips, &nets)?;
+    }
+
+    if let Some(pending) = durability {
+        pending.wait().map_err(ipam::ipam_error)?;
     }
 
     let sandbox = env
@@ -129,8 +132,8 @@ pub fn run(conf: &Config, env: &Env) -> Result<CniResult, CniError> {
                 sandbox: String::new(),
             },
             Interface {
-                name: links.pod.name.clone(),
-                mac: mac_string(links.pod.mac),
+                name: env.ifname.clone(),
+                mac: mac_string(Some(links.pod_mac)),
                 mtu: Some(mtu),
                 sandbox,
             },

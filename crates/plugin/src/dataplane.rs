@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::ipam::Assigned;
 use ipnet::IpNet;
 use weft_cni::error::{self, CniError};
-use weft_netops::netlink::{Link, Netlink, Route, VethSpec};
+use weft_netops::netlink::{Link, Netlink, Request, Route, VethSpec};
 use weft_netops::netns::{self, NetNs};
 use weft_netops::sysctl;
 
@@ -127,12 +127,22 @@ pub fn pod_routes(conf: &Config, assigned: &[Assigned]) -> Vec<weft_cni::Route> 
 
 pub struct PodLinks {
     pub host: Link,
-    pub pod: Link,
+    pub pod_mac: [u8; 6],
 }
 
-/// Creates the veth pair with the pod end born inside the pod netns, plugs the host end into
-/// the bridge and configures the pod end. The caller undoes it (by deleting the host end) on
-/// error.
+/// A random unicast, locally administered MAC. Choosing it ourselves (rather than letting
+/// the kernel pick) saves reading the pod interface back for the result.
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom fills the buffer it is given; a short read leaves zeros, still valid.
+    unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+/// Creates the veth pair with the pod end born inside the pod netns, already up, the host end
+/// already on the bridge; then configures the pod end in one pipelined netlink batch. The
+/// caller undoes it (by deleting the host end) on error.
 #[allow(clippy::too_many_arguments)]
 pub fn setup_veth(
     nl: &mut Netlink,
@@ -146,65 +156,73 @@ pub fn setup_veth(
     assigned: &[Assigned],
     routes: &[weft_cni::Route],
 ) -> Result<PodLinks, CniError> {
-    nl.create_veth(&VethSpec {
-        host_name: host_name.to_string(),
-        host_alias: Some(host_alias.to_string()),
-        peer_name: ifname.to_string(),
-        peer_netns: Some(pod_ns),
-        mtu: Some(mtu),
-        ..Default::default()
-    })
-    .map_err(|e| {
-        if e.is_exists() {
-            CniError::new(
-                error::ALREADY_EXISTS,
-                format!("interface {host_name} or {ifname} in the pod netns already exists"),
-            )
-        } else {
-            nl_error(e)
-        }
-    })?;
-    let host = nl
-        .get_link_by_name(host_name)
-        .map_err(nl_error)?
-        .ok_or_else(|| nl_error(format!("host veth {host_name} missing after creation")))?;
-    nl.set_master(host.index, bridge.index).map_err(nl_error)?;
+    let pod_mac = random_mac();
+    let pair = nl
+        .create_veth(&VethSpec {
+            host_name: host_name.to_string(),
+            host_alias: Some(host_alias.to_string()),
+            peer_name: ifname.to_string(),
+            peer_netns: Some(pod_ns),
+            mtu: Some(mtu),
+            peer_mac: Some(pod_mac),
+            host_master: Some(bridge.index),
+            up: true,
+            ..Default::default()
+        })
+        .map_err(|e| {
+            if e.is_exists() {
+                CniError::new(
+                    error::ALREADY_EXISTS,
+                    format!("interface {host_name} or {ifname} in the pod netns already exists"),
+                )
+            } else {
+                nl_error(e)
+            }
+        })?;
     if conf.hairpin {
-        nl.set_bridge_port_hairpin(host.index, true)
+        nl.set_bridge_port_hairpin(pair.host_index, true)
             .map_err(nl_error)?;
     }
-    nl.set_link_up(host.index).map_err(nl_error)?;
 
-    // The pod side, through a socket bound inside the pod's netns.
-    let mut pod_nl = Netlink::in_netns(pod_ns).map_err(nl_error)?;
-    let pod = pod_nl
-        .get_link_by_name(ifname)
-        .map_err(nl_error)?
-        .ok_or_else(|| nl_error(format!("{ifname} missing in the pod netns after creation")))?;
-    if assigned.iter().any(|a| a.address.addr().is_ipv6()) {
-        // No DAD: it delays the address (and so the pod) by ~2 s for nothing on a bridge we own.
-        let key = format!("net/ipv6/conf/{ifname}/accept_dad");
-        netns::run_in(pod_ns, || sysctl::write(&key, "0"))
-            .map_err(nl_error)?
-            .map_err(|e| CniError::new(error::IO_FAILURE, format!("sysctl {key}=0: {e}")))?;
-    }
-    for a in assigned {
-        pod_nl
-            .add_address(pod.index, a.address, true)
-            .map_err(nl_error)?;
-    }
-    pod_nl.set_link_up(pod.index).map_err(nl_error)?;
-    for r in routes {
-        let route = match r.gw {
+    // The pod side: one visit to the pod's netns makes a netlink socket bound there (and turns
+    // DAD off); the socket keeps working from here.
+    let v6 = assigned.iter().any(|a| a.address.addr().is_ipv6());
+    let mut pod_nl = netns::run_in(pod_ns, || -> Result<Netlink, CniError> {
+        if v6 {
+            // No DAD: it delays the address (and so the pod) by ~2 s for nothing on our bridge.
+            let key = format!("net/ipv6/conf/{ifname}/accept_dad");
+            sysctl::write(&key, "0")
+                .map_err(|e| CniError::new(error::IO_FAILURE, format!("sysctl {key}=0: {e}")))?;
+        }
+        Netlink::new().map_err(nl_error)
+    })
+    .map_err(nl_error)??;
+    let pod_index = pair.peer_index;
+    pod_nl.set_link_up(pod_index).map_err(nl_error)?;
+    let mut reqs: Vec<Request> = assigned
+        .iter()
+        .map(|a| Request::AddAddress {
+            index: pod_index,
+            addr: a.address,
+            nodad: true,
+        })
+        .collect();
+    reqs.extend(routes.iter().map(|r| {
+        Request::AddRoute(match r.gw {
             Some(gw) => Route {
-                oif: Some(pod.index),
+                oif: Some(pod_index),
                 ..Route::via(r.dst, gw)
             },
-            None => Route::dev(r.dst, pod.index),
-        };
-        pod_nl.add_route(&route).map_err(nl_error)?;
+            None => Route::dev(r.dst, pod_index),
+        })
+    }));
+    for res in pod_nl.batch(&reqs) {
+        res.map_err(nl_error)?;
     }
-    Ok(PodLinks { host, pod })
+    Ok(PodLinks {
+        host: pair.host,
+        pod_mac,
+    })
 }
 
 /// MTU of the interface holding the node's default route (IPv4 first, else IPv6); 1500 if

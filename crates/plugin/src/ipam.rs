@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use weft_cni::error::{self, CniError};
 use weft_cni::{CniResult, Env};
+pub use weft_ipam::PendingSync;
 use weft_ipam::{Attachment, IpamError, Store};
 
 /// One address given to the pod.
@@ -44,23 +45,26 @@ fn attachment(env: &Env) -> Attachment {
     }
 }
 
-/// Reserves the pod's addresses (one per range set).
-pub fn add(conf: &Config, env: &Env) -> Result<Vec<Assigned>, CniError> {
+/// Reserves the pod's addresses (one per range set). With the built-in store, the fsyncs
+/// that make the reservation durable run in the background: the caller must
+/// [`PendingSync::wait`] before it reports success.
+pub fn add(conf: &Config, env: &Env) -> Result<(Vec<Assigned>, Option<PendingSync>), CniError> {
     match &conf.ipam {
         Ipam::Builtin { sets, .. } => {
             let mut requested = env.args.ips.clone();
             requested.extend(conf.runtime_ips.iter().copied());
             let store = open_store(conf)?;
-            let allocs = store
-                .allocate(sets, &attachment(env), &requested)
+            let (allocs, pending) = store
+                .allocate_deferred_sync(sets, &attachment(env), &requested)
                 .map_err(ipam_error)?;
-            Ok(allocs
+            let assigned = allocs
                 .into_iter()
                 .map(|a| Assigned {
                     address: a.address,
                     gateway: a.gateway,
                 })
-                .collect())
+                .collect();
+            Ok((assigned, Some(pending)))
         }
         Ipam::Delegated { plugin } => {
             let out = exec_delegate(plugin, "ADD", conf, env)?;
@@ -75,14 +79,15 @@ pub fn add(conf: &Config, env: &Env) -> Result<Vec<Assigned>, CniError> {
                     format!("IPAM plugin {plugin} returned no IP addresses"),
                 ));
             }
-            Ok(result
+            let assigned = result
                 .ips
                 .into_iter()
                 .map(|ip| Assigned {
                     address: ip.address,
                     gateway: ip.gateway,
                 })
-                .collect())
+                .collect();
+            Ok((assigned, None))
         }
     }
 }

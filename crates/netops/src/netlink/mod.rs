@@ -64,6 +64,11 @@ pub struct VethSpec<'a> {
     pub mtu: Option<u32>,
     pub host_mac: Option<[u8; 6]>,
     pub peer_mac: Option<[u8; 6]>,
+    /// Enslave the host end to this bridge in the creating request (IFLA_MASTER).
+    pub host_master: Option<u32>,
+    /// Create the host end administratively up (saves a request). The peer cannot be: veth
+    /// refuses to open an end before both are linked (ENOTCONN), so bring it up afterwards.
+    pub up: bool,
 }
 
 impl<'a> VethSpec<'a> {
@@ -78,10 +83,12 @@ impl<'a> VethSpec<'a> {
 
 /// Indexes of a created veth pair. `peer_index` is an index in the peer's
 /// namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VethPair {
     pub host_index: u32,
     pub peer_index: u32,
+    /// The host end as read back after creation (name, MAC, MTU, master...).
+    pub host: Link,
 }
 
 /// Parameters for `Netlink::create_vxlan`.
@@ -469,6 +476,13 @@ impl Netlink {
         if let Some(mac) = spec.host_mac {
             m.attributes.push(LinkAttribute::Address(mac.to_vec()));
         }
+        if let Some(master) = spec.host_master {
+            m.attributes.push(LinkAttribute::Controller(master));
+        }
+        if spec.up {
+            m.header.flags = LinkFlags::Up;
+            m.header.change_mask = LinkFlags::Up;
+        }
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
@@ -500,6 +514,7 @@ impl Netlink {
         Ok(VethPair {
             host_index: host.index,
             peer_index: host.link.unwrap_or(0),
+            host,
         })
     }
 

@@ -246,3 +246,50 @@ pub(crate) fn address_message(index: u32, addr: &IpNet, nodad: bool) -> AddressM
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::types::{RTPROT_STATIC, RT_SCOPE_LINK};
+
+    #[test]
+    fn route_message_fields() {
+        let r = Route::dev("10.1.2.3/24".parse().unwrap(), 7)
+            .with_table(1000)
+            .with_protocol(RTPROT_STATIC);
+        assert_eq!(r.dst, "10.1.2.0/24".parse::<IpNet>().unwrap());
+        let m = route_message(&r, false);
+        assert_eq!(m.header.destination_prefix_length, 24);
+        assert_eq!(m.header.table, RouteHeader::RT_TABLE_UNSPEC);
+        assert_eq!(u8::from(m.header.scope), RT_SCOPE_LINK);
+        assert_eq!(u8::from(m.header.protocol), RTPROT_STATIC);
+        assert!(m.attributes.contains(&RouteAttribute::Table(1000)));
+        assert!(m.attributes.contains(&RouteAttribute::Oif(7)));
+
+        // Deletes do not restrict on protocol / scope / type.
+        let d = route_message(&r, true);
+        assert_eq!(u8::from(d.header.scope), RT_SCOPE_NOWHERE);
+        assert_eq!(u8::from(d.header.protocol), 0);
+
+        // Default route: no RTA_DST.
+        let m = route_message(&Route::new("0.0.0.0/0".parse().unwrap()), false);
+        assert!(!m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Destination(_))));
+    }
+
+    #[test]
+    fn describe_names_the_object() {
+        let r = Request::AddRoute(Route::via(
+            "10.1.0.0/24".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+        ));
+        assert_eq!(r.describe(), "add route 10.1.0.0/24 via 10.0.0.2");
+        let f = Request::AppendFdb(FdbEntry::new(3, [0; 6], Some("192.0.2.1".parse().unwrap())));
+        assert_eq!(
+            f.describe(),
+            "append fdb 00:00:00:00:00:00 dst 192.0.2.1 ifindex 3"
+        );
+    }
+}

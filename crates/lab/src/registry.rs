@@ -1,0 +1,245 @@
+//! Where labs keep their files, and how to remove a lab from outside (`weft-lab down`) or from
+//! a signal handler (Ctrl-C / SIGTERM while a lab is being built or used).
+//!
+//! Every lab has an id (`wl<pid>`, `wl<pid>c<n>` for further labs of the same process). All its
+//! network namespaces are named `<id>-...` and its files live in `<base>/<id>/`, where
+//! `<base>/<id>/pids` lists the processes it started (`<pid> <program>` per line). That is all
+//! `down` needs: kill those processes, delete every netns with the prefix, remove the dir.
+
+use std::collections::BTreeSet;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Parent of all lab dirs: `$WEFT_LAB_DIR`, else `<tmp>/weft-lab`.
+pub fn base_dir() -> PathBuf {
+    std::env::var_os("WEFT_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("weft-lab"))
+}
+
+pub fn lab_dir(id: &str) -> PathBuf {
+    base_dir().join(id)
+}
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh lab id for this process.
+pub fn new_id() -> String {
+    let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    if n == 0 {
+        format!("wl{pid}")
+    } else {
+        format!("wl{pid}c{n}")
+    }
+}
+
+/// Checks a user-given id before deleting things by its prefix.
+pub fn valid_id(id: &str) -> bool {
+    id.len() >= 3
+        && id.len() <= 20
+        && id.starts_with("wl")
+        && id.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+struct Live {
+    shutting_down: bool,
+    ids: BTreeSet<String>,
+}
+
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    shutting_down: false,
+    ids: BTreeSet::new(),
+});
+
+fn live() -> MutexGuard<'static, Live> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Held while a lab creates a netns or starts a process, so that a concurrent
+/// [`shutdown_all`] either sees the new object or runs before it is created (and then the
+/// creation is refused): nothing is left behind by a signal arriving mid-build.
+pub struct CreateGuard(#[allow(dead_code)] MutexGuard<'static, Live>);
+
+/// Err(Interrupted) once a shutdown has begun.
+pub fn create_guard() -> std::io::Result<CreateGuard> {
+    let g = live();
+    if g.shutting_down {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            "weft-lab is shutting down",
+        ));
+    }
+    Ok(CreateGuard(g))
+}
+
+pub fn register(id: &str) {
+    live().ids.insert(id.to_string());
+}
+
+pub fn unregister(id: &str) {
+    live().ids.remove(id);
+}
+
+/// For a signal handler: refuses further creations, then removes every lab of this process.
+/// Returns the ids removed.
+pub fn shutdown_all() -> Vec<String> {
+    let mut g = live();
+    g.shutting_down = true;
+    let ids: Vec<String> = g.ids.iter().cloned().collect();
+    for id in &ids {
+        if let Err(e) = down(id) {
+            eprintln!("weft-lab: removing lab {id}: {e}");
+        }
+    }
+    g.ids.clear();
+    ids
+}
+
+/// Records a started process in the lab's pid file.
+pub fn record_pid(dir: &Path, pid: u32, program: &str) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("pids"))?;
+    writeln!(f, "{pid} {program}")
+}
+
+/// The processes a lab recorded: (pid, program file name).
+pub fn recorded_pids(dir: &Path) -> Vec<(i32, String)> {
+    std::fs::read_to_string(dir.join("pids"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pid, prog) = l.split_once(' ')?;
+            Some((pid.parse().ok()?, prog.trim().to_string()))
+        })
+        .collect()
+}
+
+/// True if `pid` is alive and runs `program` (guards against a recycled pid).
+fn runs(pid: i32, program: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let argv0 = String::from_utf8_lossy(argv0);
+    let name = Path::new(argv0.as_ref())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // A zombie (our own unreaped child) has an empty cmdline: nothing left to kill.
+    !name.is_empty() && name == program
+}
+
+/// Sends SIGTERM, waits up to `grace`, then SIGKILL. Only for processes running `program`.
+pub fn terminate(pid: i32, program: &str, grace: Duration) {
+    if !runs(pid, program) {
+        return;
+    }
+    // SAFETY: plain kill(2).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if !runs(pid, program) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if runs(pid, program) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Netns names belonging to lab `id`.
+pub fn netns_of(id: &str) -> Vec<String> {
+    let prefix = format!("{id}-");
+    weft_netops::netns::list_named()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+/// Removes lab `id`: its recorded processes, every netns named `<id>-*`, its dir.
+pub fn down(id: &str) -> std::io::Result<()> {
+    if !valid_id(id) {
+        return Err(std::io::Error::other(format!(
+            "{id:?} is not a weft-lab id (wl<digits>...)"
+        )));
+    }
+    let dir = lab_dir(id);
+    let pids = recorded_pids(&dir);
+    // In parallel: each may take its grace period.
+    std::thread::scope(|s| {
+        for (pid, prog) in &pids {
+            s.spawn(move || terminate(*pid, prog, Duration::from_secs(3)));
+        }
+    });
+    let mut first_err = None;
+    for name in netns_of(id) {
+        if let Err(e) = weft_netops::netns::delete_named(&name) {
+            first_err.get_or_insert(std::io::Error::other(format!("delete netns {name}: {e}")));
+        }
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            first_err.get_or_insert(std::io::Error::other(format!(
+                "remove {}: {e}",
+                dir.display()
+            )));
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Labs present on this machine: ids that have a dir or a netns.
+pub fn list_labs() -> Vec<String> {
+    let mut ids = BTreeSet::new();
+    if let Ok(rd) = std::fs::read_dir(base_dir()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if valid_id(&name) {
+                ids.insert(name);
+            }
+        }
+    }
+    for ns in weft_netops::netns::list_named() {
+        if let Some((id, _)) = ns.split_once('-') {
+            if valid_id(id) {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+    ids.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("wl123"));
+        assert!(valid_id("wl123c2"));
+        assert!(!valid_id("wl"));
+        assert!(!valid_id("wl1-2"));
+        assert!(!valid_id("x123"));
+        assert!(!valid_id("wl1/.."));
+        let a = new_id();
+        let b = new_id();
+        assert_ne!(a, b);
+        assert!(valid_id(&a) && valid_id(&b));
+        // One lab's prefix never matches another's names.
+        assert!(!format!("{b}-n1").starts_with(&format!("{a}-")));
+    }
+}
