@@ -101,7 +101,9 @@ fn firewall_driver(kind: FirewallKind) -> Result<Option<Box<dyn Firewall>>, Stri
         FirewallKind::IptablesNft => DriverKind::Iptables(IptablesVariant::Nft),
         FirewallKind::IptablesLegacy => DriverKind::Iptables(IptablesVariant::Legacy),
     };
-    weft_firewall::driver(kind).map(Some).map_err(|e| e.to_string())
+    weft_firewall::driver(kind)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 fn build_datastore(cfg: &RunConfig) -> Result<Datastore, String> {
@@ -133,7 +135,9 @@ fn build_datastore(cfg: &RunConfig) -> Result<Datastore, String> {
 
 /// Runs blocking netlink work off the async workers (netlink calls are short but synchronous).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task panicked")
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
 }
 
 pub async fn run(cfg: RunConfig) -> Result<(), String> {
@@ -160,9 +164,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
 
     let uses_vxlan = cfg.backend != BackendKind::HostGw;
     let mut vtep_mac = if uses_vxlan {
-        Some(vxlan::load_or_create_mac(&cfg.state_dir).map_err(|e| {
-            format!("VTEP MAC in {}: {e}", cfg.state_dir.display())
-        })?)
+        Some(
+            vxlan::load_or_create_mac(&cfg.state_dir)
+                .map_err(|e| format!("VTEP MAC in {}: {e}", cfg.state_dir.display()))?,
+        )
     } else {
         None
     };
@@ -357,7 +362,9 @@ impl NodeSetup {
                     }
                     cni_written = Some(cniconf::path(&cfg.cni_conf_dir).display().to_string());
                 }
-                Err(e) => problems.push(format!("CNI config in {}: {e}", cfg.cni_conf_dir.display())),
+                Err(e) => {
+                    problems.push(format!("CNI config in {}: {e}", cfg.cni_conf_dir.display()))
+                }
             }
         }
         for p in &problems {
@@ -384,7 +391,10 @@ impl NodeSetup {
             keys.push("net/ipv6/conf/all/forwarding");
         }
         for key in keys {
-            if weft_netops::sysctl::read(key).map(|v| v.trim() == "1").unwrap_or(false) {
+            if weft_netops::sysctl::read(key)
+                .map(|v| v.trim() == "1")
+                .unwrap_or(false)
+            {
                 continue;
             }
             weft_netops::sysctl::write(key, "1").map_err(|e| format!("sysctl {key}=1: {e}"))?;
@@ -393,7 +403,9 @@ impl NodeSetup {
     }
 
     fn ensure_vtep(&self, nl: &mut Netlink) -> Result<Option<u32>, String> {
-        let Some(mac) = self.vtep_mac else { return Ok(None) };
+        let Some(mac) = self.vtep_mac else {
+            return Ok(None);
+        };
         let underlay = self.underlay.lock().unwrap().clone();
         vxlan::ensure(
             nl,
@@ -432,7 +444,10 @@ impl NodeSetup {
             underlay: &underlay,
             vtep_index,
         };
-        let plans: Vec<_> = peers.iter().map(|p| backend::plan_peer(&local, p)).collect();
+        let plans: Vec<_> = peers
+            .iter()
+            .map(|p| backend::plan_peer(&local, p))
+            .collect();
         let report = reconcile::reconcile(&mut nl, &plans, vtep_index);
         let took = started.elapsed();
 
@@ -443,19 +458,31 @@ impl NodeSetup {
         for path in [PathKind::HostGw, PathKind::Vxlan] {
             let n = plans.iter().filter(|p| p.path == path).count();
             m.peers
-                .get_or_create(&PathLabel { path: path.as_str().into() })
+                .get_or_create(&PathLabel {
+                    path: path.as_str().into(),
+                })
                 .set(n as i64);
         }
         for (kind, desired, programmed) in [
             ("route", report.desired.routes, report.programmed.routes),
-            ("neighbour", report.desired.neighbours, report.programmed.neighbours),
+            (
+                "neighbour",
+                report.desired.neighbours,
+                report.programmed.neighbours,
+            ),
             ("fdb", report.desired.fdb, report.programmed.fdb),
         ] {
             m.kernel_objects
-                .get_or_create(&ObjectLabel { kind: kind.into(), state: "desired".into() })
+                .get_or_create(&ObjectLabel {
+                    kind: kind.into(),
+                    state: "desired".into(),
+                })
                 .set(desired as i64);
             m.kernel_objects
-                .get_or_create(&ObjectLabel { kind: kind.into(), state: "programmed".into() })
+                .get_or_create(&ObjectLabel {
+                    kind: kind.into(),
+                    state: "programmed".into(),
+                })
                 .set(programmed as i64);
         }
         if report.changes > 0 || !report.errors.is_empty() {

@@ -150,7 +150,10 @@ mod tests {
         NodeRecord {
             name: "p".into(),
             underlay_ip: ip.parse().unwrap(),
-            pod_cidrs: vec!["10.244.2.0/24".parse().unwrap(), "fd00:10:244:2::/64".parse().unwrap()],
+            pod_cidrs: vec![
+                "10.244.2.0/24".parse().unwrap(),
+                "fd00:10:244:2::/64".parse().unwrap(),
+            ],
             vtep_mac: mac.map(String::from),
         }
     }
@@ -158,18 +161,28 @@ mod tests {
     #[test]
     fn auto_picks_host_gw_on_link_and_vxlan_otherwise() {
         let u = underlay();
-        let local = LocalView { backend: BackendKind::Auto, underlay: &u, vtep_index: Some(9) };
+        let local = LocalView {
+            backend: BackendKind::Auto,
+            underlay: &u,
+            vtep_index: Some(9),
+        };
         let near = plan_peer(&local, &peer("192.168.77.12", Some("02:00:00:00:00:02")));
         assert_eq!(near.path, PathKind::HostGw);
         assert_eq!(near.routes.len(), 2);
-        assert_eq!(near.routes[0].gateway, Some("192.168.77.12".parse().unwrap()));
+        assert_eq!(
+            near.routes[0].gateway,
+            Some("192.168.77.12".parse().unwrap())
+        );
         // The IPv6 CIDR cannot use an IPv4 next hop: it rides the overlay.
         assert!(near.routes[1].onlink && near.routes[1].oif == Some(9));
         assert!(near.problem.is_none());
         let far = plan_peer(&local, &peer("192.168.78.11", Some("02:00:00:00:00:03")));
         assert_eq!(far.path, PathKind::Vxlan);
         assert_eq!(far.routes.len(), 2);
-        assert!(far.routes.iter().all(|r| r.onlink && r.oif == Some(9) && r.protocol == RTPROT_WEFT));
+        assert!(far
+            .routes
+            .iter()
+            .all(|r| r.onlink && r.oif == Some(9) && r.protocol == RTPROT_WEFT));
         assert_eq!(far.routes[0].gateway, Some("10.244.2.0".parse().unwrap()));
         assert_eq!(far.neighbours.len(), 2);
         assert_eq!(far.fdb[0].dst, Some("192.168.78.11".parse().unwrap()));
@@ -179,7 +192,11 @@ mod tests {
     #[test]
     fn vxlan_without_mac_is_a_named_problem() {
         let u = underlay();
-        let local = LocalView { backend: BackendKind::Vxlan, underlay: &u, vtep_index: Some(9) };
+        let local = LocalView {
+            backend: BackendKind::Vxlan,
+            underlay: &u,
+            vtep_index: Some(9),
+        };
         let p = plan_peer(&local, &peer("192.168.77.12", None));
         assert!(p.routes.is_empty());
         assert!(p.problem.unwrap().contains("VTEP MAC"));
@@ -188,10 +205,17 @@ mod tests {
     #[test]
     fn host_gw_to_an_off_link_peer_is_refused() {
         let u = underlay();
-        let local = LocalView { backend: BackendKind::HostGw, underlay: &u, vtep_index: None };
+        let local = LocalView {
+            backend: BackendKind::HostGw,
+            underlay: &u,
+            vtep_index: None,
+        };
         let p = plan_peer(&local, &peer("192.168.78.11", None));
         assert!(p.routes.is_empty());
-        assert!(p.problem.unwrap().contains("not on this node's underlay subnet"));
+        assert!(p
+            .problem
+            .unwrap()
+            .contains("not on this node's underlay subnet"));
         let p = plan_peer(&local, &peer("192.168.77.12", None));
         assert_eq!(p.routes.len(), 1);
         assert!(p.problem.unwrap().contains("families differ"));

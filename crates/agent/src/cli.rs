@@ -11,7 +11,12 @@ use weft_netops::Netlink;
 
 #[derive(Debug, Clone, Args)]
 pub struct InitEtcd {
-    #[arg(long, env = "WEFT_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "WEFT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub etcd_endpoints: Vec<String>,
     #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = "/weft/network")]
     pub etcd_prefix: String,
@@ -48,8 +53,9 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 pub fn status(listen: SocketAddr, json: bool) -> Result<(), String> {
-    let (code, body) = http::get_blocking(listen, "/status")
-        .map_err(|e| format!("cannot reach weftd on {listen}: {e} (is it running? see --listen)"))?;
+    let (code, body) = http::get_blocking(listen, "/status").map_err(|e| {
+        format!("cannot reach weftd on {listen}: {e} (is it running? see --listen)")
+    })?;
     if code != 200 {
         return Err(format!("weftd on {listen} answered {code}: {body}"));
     }
@@ -57,7 +63,8 @@ pub fn status(listen: SocketAddr, json: bool) -> Result<(), String> {
         println!("{body}");
         return Ok(());
     }
-    let s: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("bad /status: {e}"))?;
+    let s: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("bad /status: {e}"))?;
     let st: StatusView = serde_json::from_value(s).map_err(|e| format!("bad /status: {e}"))?;
     print!("{}", render(&st));
     Ok(())
@@ -92,28 +99,71 @@ fn render(s: &StatusView) -> String {
         o,
         "ready:       {}{}",
         yes_no(s.ready),
-        s.waiting_for.as_deref().map(|w| format!(" (waiting for {w})")).unwrap_or_default()
+        s.waiting_for
+            .as_deref()
+            .map(|w| format!(" (waiting for {w})"))
+            .unwrap_or_default()
     );
     let _ = writeln!(
         o,
         "datastore:   {} ({}){}",
         s.datastore,
-        if s.datastore_connected { "connected" } else { "DISCONNECTED" },
-        s.datastore_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        if s.datastore_connected {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        },
+        s.datastore_error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
     );
     let _ = writeln!(o, "backend:     {}", s.backend.as_deref().unwrap_or("-"));
     if let Some(u) = &s.underlay {
-        let _ = writeln!(o, "underlay:    {} {} mtu {}", u["interface"].as_str().unwrap_or("?"), u["address"].as_str().unwrap_or("?"), u["mtu"]);
+        let _ = writeln!(
+            o,
+            "underlay:    {} {} mtu {}",
+            u["interface"].as_str().unwrap_or("?"),
+            u["address"].as_str().unwrap_or("?"),
+            u["mtu"]
+        );
     }
-    let _ = writeln!(o, "pod CIDRs:   {}   (cluster: {})   pod MTU {}", s.pod_cidrs.join(", "), s.cluster_cidrs.join(", "), s.pod_mtu.map(|m| m.to_string()).unwrap_or("-".into()));
+    let _ = writeln!(
+        o,
+        "pod CIDRs:   {}   (cluster: {})   pod MTU {}",
+        s.pod_cidrs.join(", "),
+        s.cluster_cidrs.join(", "),
+        s.pod_mtu.map(|m| m.to_string()).unwrap_or("-".into())
+    );
     if let Some(v) = &s.vtep {
-        let _ = writeln!(o, "vtep:        {} mac {} vni {} port {}", v["device"].as_str().unwrap_or("?"), v["mac"].as_str().unwrap_or("?"), v["vni"], v["port"]);
+        let _ = writeln!(
+            o,
+            "vtep:        {} mac {} vni {} port {}",
+            v["device"].as_str().unwrap_or("?"),
+            v["mac"].as_str().unwrap_or("?"),
+            v["vni"],
+            v["port"]
+        );
     }
-    let _ = writeln!(o, "cni config:  {}", s.cni_config.as_deref().unwrap_or("NOT WRITTEN"));
+    let _ = writeln!(
+        o,
+        "cni config:  {}",
+        s.cni_config.as_deref().unwrap_or("NOT WRITTEN")
+    );
     match &s.firewall {
         Some(f) => {
-            let _ = writeln!(o, "firewall:    {} rules in place: {}", f["driver"].as_str().unwrap_or("?"), yes_no(f["in_place"].as_bool().unwrap_or(false)));
-            for p in f["problems"].as_array().into_iter().flatten().chain(f["warnings"].as_array().into_iter().flatten()) {
+            let _ = writeln!(
+                o,
+                "firewall:    {} rules in place: {}",
+                f["driver"].as_str().unwrap_or("?"),
+                yes_no(f["in_place"].as_bool().unwrap_or(false))
+            );
+            for p in f["problems"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(f["warnings"].as_array().into_iter().flatten())
+            {
                 let _ = writeln!(o, "             ! {}", p.as_str().unwrap_or(""));
             }
         }
@@ -122,11 +172,26 @@ fn render(s: &StatusView) -> String {
         }
     }
     if let Some(r) = &s.last_reconcile {
-        let _ = writeln!(o, "\n{:<16} {:<16} {:<24} {:<8} {:<6} {:<6} {:<4}", "PEER", "UNDERLAY", "POD CIDRS", "PATH", "ROUTE", "NEIGH", "FDB");
+        let _ = writeln!(
+            o,
+            "\n{:<16} {:<16} {:<24} {:<8} {:<6} {:<6} {:<4}",
+            "PEER", "UNDERLAY", "POD CIDRS", "PATH", "ROUTE", "NEIGH", "FDB"
+        );
         for p in r["peers"].as_array().into_iter().flatten() {
-            let cidrs: Vec<&str> = p["pod_cidrs"].as_array().into_iter().flatten().filter_map(|c| c.as_str()).collect();
+            let cidrs: Vec<&str> = p["pod_cidrs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str())
+                .collect();
             let path = p["path"].as_str().unwrap_or("?");
-            let l2 = |k: &str| if path == "host-gw" { "-" } else { yes_no(p[k].as_bool().unwrap_or(false)) };
+            let l2 = |k: &str| {
+                if path == "host-gw" {
+                    "-"
+                } else {
+                    yes_no(p[k].as_bool().unwrap_or(false))
+                }
+            };
             let _ = writeln!(
                 o,
                 "{:<16} {:<16} {:<24} {:<8} {:<6} {:<6} {:<4}",
@@ -145,7 +210,12 @@ fn render(s: &StatusView) -> String {
         let _ = writeln!(
             o,
             "\nkernel objects desired/programmed: routes {}/{} neighbours {}/{} fdb {}/{}",
-            r["desired"]["routes"], r["programmed"]["routes"], r["desired"]["neighbours"], r["programmed"]["neighbours"], r["desired"]["fdb"], r["programmed"]["fdb"]
+            r["desired"]["routes"],
+            r["programmed"]["routes"],
+            r["desired"]["neighbours"],
+            r["programmed"]["neighbours"],
+            r["desired"]["fdb"],
+            r["programmed"]["fdb"]
         );
         for e in r["errors"].as_array().into_iter().flatten() {
             let _ = writeln!(o, "  ! {}", e.as_str().unwrap_or(""));
@@ -158,7 +228,6 @@ fn render(s: &StatusView) -> String {
     }
     o
 }
-
 
 #[derive(Debug, Clone, Args)]
 pub struct Cleanup {
@@ -257,12 +326,17 @@ fn plugin_source(a: &Install) -> Result<PathBuf, String> {
 pub fn install(a: &Install) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let src = plugin_source(a)?;
-    std::fs::create_dir_all(&a.cni_bin_dir).map_err(|e| format!("{}: {e}", a.cni_bin_dir.display()))?;
+    std::fs::create_dir_all(&a.cni_bin_dir)
+        .map_err(|e| format!("{}: {e}", a.cni_bin_dir.display()))?;
     let target = a.cni_bin_dir.join("weft");
     let tmp = a.cni_bin_dir.join(".weft.tmp");
-    std::fs::copy(&src, &tmp).map_err(|e| format!("copy {} to {}: {e}", src.display(), tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+    std::fs::copy(&src, &tmp)
+        .map_err(|e| format!("copy {} to {}: {e}", src.display(), tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, &target).map_err(|e| format!("rename to {}: {e}", target.display()))?;
     println!("installed {}", target.display());
     Ok(())
@@ -271,7 +345,9 @@ pub fn install(a: &Install) -> Result<(), String> {
 pub fn uninstall(a: &Install) -> Result<(), String> {
     let target = a.cni_bin_dir.join("weft");
     match std::fs::remove_file(&target) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("{}: {e}", target.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("{}: {e}", target.display()))
+        }
         _ => Ok(()),
     }
 }

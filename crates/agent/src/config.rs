@@ -68,7 +68,12 @@ pub struct RunConfig {
     pub datastore: DatastoreKind,
 
     /// etcd client URLs, comma-separated.
-    #[arg(long, env = "WEFT_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "WEFT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub etcd_endpoints: Vec<String>,
     #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = "/weft/network")]
     pub etcd_prefix: String,
@@ -85,7 +90,11 @@ pub struct RunConfig {
     pub kubeconfig: Option<PathBuf>,
     /// The cluster's pod network(s) (kubernetes datastore: what kube-controller-manager's
     /// --cluster-cidr is). etcd and static datastores carry it themselves.
-    #[arg(long = "cluster-cidr", env = "WEFT_CLUSTER_CIDRS", value_delimiter = ',')]
+    #[arg(
+        long = "cluster-cidr",
+        env = "WEFT_CLUSTER_CIDRS",
+        value_delimiter = ','
+    )]
     pub cluster_cidrs: Vec<IpNet>,
 
     #[arg(long, env = "WEFT_BACKEND", value_enum, default_value = "auto")]

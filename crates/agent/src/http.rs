@@ -36,13 +36,19 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         (StatusCode::OK, "ready\n".to_string())
     } else {
         let why = s.waiting_for.unwrap_or_else(|| "not ready".into());
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: waiting for {why}\n"))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: waiting for {why}\n"),
+        )
     }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         shared.metrics.encode(),
     )
 }

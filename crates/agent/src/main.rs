@@ -7,7 +7,11 @@ use weft_agent::config::{LogFormat, RunConfig};
 use weft_agent::{agent, cli};
 
 #[derive(Parser)]
-#[command(name = "weftd", version, about = "weft node agent: pod networking across nodes")]
+#[command(
+    name = "weftd",
+    version,
+    about = "weft node agent: pod networking across nodes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -88,4 +92,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

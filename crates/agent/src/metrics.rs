@@ -33,29 +33,49 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("weft");
         let peers = Family::<PathLabel, Gauge>::default();
-        registry.register("peers", "Peer nodes by the path used to reach them", peers.clone());
+        registry.register(
+            "peers",
+            "Peer nodes by the path used to reach them",
+            peers.clone(),
+        );
         let kernel_objects = Family::<ObjectLabel, Gauge>::default();
         registry.register(
             "kernel_objects",
             "Routes, neighbours and FDB entries weft wants (desired) and has in the kernel (programmed)",
             kernel_objects.clone(),
         );
-        let reconcile_duration = Histogram::new(
-            [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0].into_iter(),
-        );
+        let reconcile_duration = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
         registry.register(
             "reconcile_duration_seconds",
             "Time of one reconcile pass",
             reconcile_duration.clone(),
         );
         let reconcile_errors = Counter::default();
-        registry.register("reconcile_errors", "Kernel operations that failed during reconcile", reconcile_errors.clone());
+        registry.register(
+            "reconcile_errors",
+            "Kernel operations that failed during reconcile",
+            reconcile_errors.clone(),
+        );
         let reconcile_changes = Counter::default();
-        registry.register("reconcile_changes", "Kernel objects added, replaced or deleted by reconcile", reconcile_changes.clone());
+        registry.register(
+            "reconcile_changes",
+            "Kernel objects added, replaced or deleted by reconcile",
+            reconcile_changes.clone(),
+        );
         let datastore_up = Gauge::default();
-        registry.register("datastore_up", "1 when the datastore is reachable", datastore_up.clone());
+        registry.register(
+            "datastore_up",
+            "1 when the datastore is reachable",
+            datastore_up.clone(),
+        );
         let ready = Gauge::default();
-        registry.register("ready", "1 when the CNI config is written and the firewall rules are in place", ready.clone());
+        registry.register(
+            "ready",
+            "1 when the CNI config is written and the firewall rules are in place",
+            ready.clone(),
+        );
         Metrics {
             registry,
             peers,
@@ -70,7 +90,8 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode metrics");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encode metrics");
         out
     }
 }

@@ -144,8 +144,10 @@ pub fn reconcile(nl: &mut Netlink, plans: &[PeerPlan], vtep: Option<u32>) -> Rep
         for (req, res) in phase.iter().zip(nl.batch(&phase)) {
             if let Err(e) = res {
                 // Deleting what is already gone is success.
-                if matches!(req, Request::DelRoute(_) | Request::DelNeighbour(_) | Request::DelFdb(_))
-                    && e.is_not_found()
+                if matches!(
+                    req,
+                    Request::DelRoute(_) | Request::DelNeighbour(_) | Request::DelFdb(_)
+                ) && e.is_not_found()
                 {
                     continue;
                 }
@@ -157,8 +159,14 @@ pub fn reconcile(nl: &mut Netlink, plans: &[PeerPlan], vtep: Option<u32>) -> Rep
 
     let ok = |req: Request| !failed.contains(&req.describe());
     for p in plans {
-        let routes_ok = p.routes.iter().all(|r| ok(Request::ReplaceRoute(r.clone())));
-        let neigh_ok = p.neighbours.iter().all(|n| ok(Request::ReplaceNeighbour(n.clone())));
+        let routes_ok = p
+            .routes
+            .iter()
+            .all(|r| ok(Request::ReplaceRoute(r.clone())));
+        let neigh_ok = p
+            .neighbours
+            .iter()
+            .all(|n| ok(Request::ReplaceNeighbour(n.clone())));
         let fdb_ok = p.fdb.iter().all(|f| ok(Request::ReplaceFdb(f.clone())));
         if routes_ok {
             report.programmed.routes += p.routes.len();
@@ -175,7 +183,8 @@ pub fn reconcile(nl: &mut Netlink, plans: &[PeerPlan], vtep: Option<u32>) -> Rep
             pod_cidrs: p.peer.pod_cidrs.clone(),
             path: p.path,
             routes_programmed: routes_ok && !p.routes.is_empty(),
-            neighbours_programmed: neigh_ok && (p.path == PathKind::HostGw || !p.neighbours.is_empty()),
+            neighbours_programmed: neigh_ok
+                && (p.path == PathKind::HostGw || !p.neighbours.is_empty()),
             fdb_programmed: fdb_ok && (p.path == PathKind::HostGw || !p.fdb.is_empty()),
             problem: p.problem.clone(),
         });

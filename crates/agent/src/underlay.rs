@@ -26,7 +26,11 @@ impl Underlay {
 
 /// Finds the underlay: the named interface, or the one holding `ip`, or the one of the
 /// default route; its first IPv4 address unless `ip` is given.
-pub fn detect(nl: &mut Netlink, ifname: Option<&str>, ip: Option<IpAddr>) -> Result<Underlay, String> {
+pub fn detect(
+    nl: &mut Netlink,
+    ifname: Option<&str>,
+    ip: Option<IpAddr>,
+) -> Result<Underlay, String> {
     let addrs = nl.list_addresses(None).map_err(|e| e.to_string())?;
     let link = if let Some(name) = ifname {
         nl.get_link_by_name(name)

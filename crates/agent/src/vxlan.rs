@@ -93,12 +93,16 @@ pub fn ensure(nl: &mut Netlink, spec: &VtepSpec) -> Result<u32, String> {
         }
     };
     if link.mac != Some(spec.mac) {
-        nl.set_mac(link.index, spec.mac).map_err(|e| e.to_string())?;
+        nl.set_mac(link.index, spec.mac)
+            .map_err(|e| e.to_string())?;
     }
     if link.mtu != spec.mtu {
-        nl.set_mtu(link.index, spec.mtu).map_err(|e| e.to_string())?;
+        nl.set_mtu(link.index, spec.mtu)
+            .map_err(|e| e.to_string())?;
     }
-    let have = nl.list_addresses(Some(link.index)).map_err(|e| e.to_string())?;
+    let have = nl
+        .list_addresses(Some(link.index))
+        .map_err(|e| e.to_string())?;
     for cidr in spec.pod_cidrs {
         let want = vtep_addr(cidr);
         if !have.iter().any(|(_, a)| *a == want) {
@@ -118,9 +122,18 @@ mod tests {
 
     #[test]
     fn vtep_addresses_and_macs() {
-        assert_eq!(vtep_addr(&"10.244.3.0/24".parse().unwrap()).to_string(), "10.244.3.0/32");
-        assert_eq!(vtep_addr(&"fd00:1:2:3::/64".parse().unwrap()).to_string(), "fd00:1:2:3::/128");
-        assert_eq!(parse_mac("02:aa:bb:cc:dd:0f"), Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0x0f]));
+        assert_eq!(
+            vtep_addr(&"10.244.3.0/24".parse().unwrap()).to_string(),
+            "10.244.3.0/32"
+        );
+        assert_eq!(
+            vtep_addr(&"fd00:1:2:3::/64".parse().unwrap()).to_string(),
+            "fd00:1:2:3::/128"
+        );
+        assert_eq!(
+            parse_mac("02:aa:bb:cc:dd:0f"),
+            Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0x0f])
+        );
         assert_eq!(parse_mac("02:aa:bb"), None);
     }
 

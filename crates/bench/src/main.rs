@@ -43,8 +43,17 @@ fn main() {
             .to_path_buf()
     });
     let json = match cli.suite {
-        Suite::Plugin { ops, rounds, parallel } => {
-            let opts = plugin::Options { ops, rounds: rounds.max(1), parallel, bin_dir };
+        Suite::Plugin {
+            ops,
+            rounds,
+            parallel,
+        } => {
+            let opts = plugin::Options {
+                ops,
+                rounds: rounds.max(1),
+                parallel,
+                bin_dir,
+            };
             let rows = plugin::run(&opts);
             plugin::print(&rows, &opts);
             serde_json::json!({ "suite": "plugin", "rows": rows })

@@ -141,11 +141,23 @@ pub fn run(opts: &Options) -> Vec<Row> {
         for s in subjects.iter_mut() {
             let conf = s.conf().to_string();
             for (i, pod) in pods.iter().take(per_round).enumerate() {
-                let t = s.exec(&opts.bin_dir, "ADD", &format!("seq-{round}-{i}"), pod, conf.as_bytes());
+                let t = s.exec(
+                    &opts.bin_dir,
+                    "ADD",
+                    &format!("seq-{round}-{i}"),
+                    pod,
+                    conf.as_bytes(),
+                );
                 s.add.push(t);
             }
             for (i, pod) in pods.iter().take(per_round).enumerate() {
-                let t = s.exec(&opts.bin_dir, "DEL", &format!("seq-{round}-{i}"), pod, conf.as_bytes());
+                let t = s.exec(
+                    &opts.bin_dir,
+                    "DEL",
+                    &format!("seq-{round}-{i}"),
+                    pod,
+                    conf.as_bytes(),
+                );
                 s.del.push(t);
             }
         }
@@ -164,7 +176,11 @@ pub fn run(opts: &Options) -> Vec<Row> {
                         }
                     });
                     let wall = start.elapsed();
-                    let target = if samples == 0 { &mut s.par_add } else { &mut s.par_del };
+                    let target = if samples == 0 {
+                        &mut s.par_add
+                    } else {
+                        &mut s.par_del
+                    };
                     target[pi].1.push(wall);
                 }
             }
@@ -216,7 +232,10 @@ pub fn print(rows: &[Row], opts: &Options) {
         println!();
     }
     for ip_masq in [false, true] {
-        let find = |name: &str| rows.iter().find(|r| r.implementation == name && r.ip_masq == ip_masq);
+        let find = |name: &str| {
+            rows.iter()
+                .find(|r| r.implementation == name && r.ip_masq == ip_masq)
+        };
         if let (Some(w), Some(r)) = (find("weft"), find("bridge+host-local")) {
             print!(
                 "{:<18} {:<6} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",

@@ -16,8 +16,7 @@ use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix};
 use nftables::schema::{
-    Chain, Element, FlushObject, NfCmd, NfListObject, Rule, Set, SetType, SetTypeValue,
-    Table,
+    Chain, Element, FlushObject, NfCmd, NfListObject, Rule, Set, SetType, SetTypeValue, Table,
 };
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -44,7 +43,11 @@ fn set(network: &str, v4: bool) -> Set<'static> {
         family: NfFamily::INet,
         table: TABLE.into(),
         name: set_name(network, v4).into(),
-        set_type: SetTypeValue::Single(if v4 { SetType::Ipv4Addr } else { SetType::Ipv6Addr }),
+        set_type: SetTypeValue::Single(if v4 {
+            SetType::Ipv4Addr
+        } else {
+            SetType::Ipv6Addr
+        }),
         ..Default::default()
     }
 }
@@ -74,10 +77,12 @@ fn chain(network: &str) -> Chain<'static> {
 }
 
 fn field(proto: &'static str, name: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: proto.into(),
-        field: name.into(),
-    })))
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: proto.into(),
+            field: name.into(),
+        },
+    )))
 }
 
 fn rule(network: &str, stmts: Vec<Statement<'static>>) -> NfListObject<'static> {
@@ -94,19 +99,23 @@ fn rule(network: &str, stmts: Vec<Statement<'static>>) -> NfListObject<'static> 
 
 fn rules(network: &str, v4: bool, subnets: &[IpNet]) -> Vec<NfListObject<'static>> {
     let proto = if v4 { "ip" } else { "ip6" };
-    let from_pod = || Statement::Match(Match {
-        left: field(proto, "saddr"),
-        right: Expression::String(format!("@{}", set_name(network, v4)).into()),
-        op: Operator::EQ,
-    });
-    let to = |net: &IpNet| Statement::Match(Match {
-        left: field(proto, "daddr"),
-        right: Expression::Named(NamedExpression::Prefix(Prefix {
-            addr: Box::new(Expression::String(net.network().to_string().into())),
-            len: net.prefix_len().into(),
-        })),
-        op: Operator::EQ,
-    });
+    let from_pod = || {
+        Statement::Match(Match {
+            left: field(proto, "saddr"),
+            right: Expression::String(format!("@{}", set_name(network, v4)).into()),
+            op: Operator::EQ,
+        })
+    };
+    let to = |net: &IpNet| {
+        Statement::Match(Match {
+            left: field(proto, "daddr"),
+            right: Expression::Named(NamedExpression::Prefix(Prefix {
+                addr: Box::new(Expression::String(net.network().to_string().into())),
+                len: net.prefix_len().into(),
+            })),
+            op: Operator::EQ,
+        })
+    };
     let multicast: IpNet = if v4 { "224.0.0.0/4" } else { "ff00::/8" }.parse().unwrap();
     let mut out: Vec<NfListObject> = subnets
         .iter()
@@ -174,13 +183,16 @@ pub fn list(network: &str) -> Result<Vec<IpAddr>> {
         let name = set_name(network, v4);
         let listing = match run("nft", &["-j", "list", "set", "inet", TABLE, &name], None) {
             Ok(l) => l,
-            Err(FirewallError::Command { stderr, .. }) if stderr.contains("No such file") => continue,
+            Err(FirewallError::Command { stderr, .. }) if stderr.contains("No such file") => {
+                continue
+            }
             Err(e) => return Err(e),
         };
-        let v: serde_json::Value = serde_json::from_str(&listing).map_err(|e| FirewallError::Parse {
-            program: "nft".into(),
-            reason: e.to_string(),
-        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(&listing).map_err(|e| FirewallError::Parse {
+                program: "nft".into(),
+                reason: e.to_string(),
+            })?;
         for obj in v["nftables"].as_array().into_iter().flatten() {
             for e in obj["set"]["elem"].as_array().into_iter().flatten() {
                 if let Some(ip) = e.as_str().and_then(|s| s.parse().ok()) {
@@ -205,4 +217,3 @@ pub fn remove_network(network: &str) -> Result<()> {
     }
     apply(batch)
 }
-

@@ -52,6 +52,6 @@ pub use config::{
 };
 pub use error::{ErrorKind, IpamError, Result};
 pub use store::{
-    Allocation, PendingSync, Attachment, GcReport, RangeUsage, Store, LAST_RESERVED_PREFIX, LOCK_FILE,
-    TEMP_PREFIX,
+    Allocation, Attachment, GcReport, PendingSync, RangeUsage, Store, LAST_RESERVED_PREFIX,
+    LOCK_FILE, TEMP_PREFIX,
 };

@@ -91,9 +91,9 @@ pub struct PendingSync {
 impl PendingSync {
     /// Waits until the reservations are durable.
     pub fn wait(self) -> Result<()> {
-        self.thread.join().unwrap_or_else(|_| {
-            Err(IpamError::request("fsync thread panicked"))
-        })
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(IpamError::request("fsync thread panicked")))
     }
 }
 
@@ -182,7 +182,10 @@ impl Store {
         requested: &[IpAddr],
     ) -> Result<(Vec<Allocation>, PendingSync)> {
         let made = self.allocate_inner(sets, who, requested, false)?;
-        let files: Vec<PathBuf> = made.iter().map(|a| self.ip_path(a.address.addr())).collect();
+        let files: Vec<PathBuf> = made
+            .iter()
+            .map(|a| self.ip_path(a.address.addr()))
+            .collect();
         let dir = self.dir.clone();
         let thread = std::thread::spawn(move || -> Result<()> {
             for f in &files {

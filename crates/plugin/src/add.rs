@@ -78,7 +78,15 @@ pub fn run(conf: &Config, env: &Env) -> Result<CniResult, CniError> {
 
     let setup = |nl: &mut Netlink| {
         dataplane::setup_veth(
-            nl, conf, &bridge, &pod_ns, &host_name, &host_alias, &env.ifname, mtu, &assigned,
+            nl,
+            conf,
+            &bridge,
+            &pod_ns,
+            &host_name,
+            &host_alias,
+            &env.ifname,
+            mtu,
+            &assigned,
             &routes,
         )
     };

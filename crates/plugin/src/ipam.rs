@@ -35,7 +35,7 @@ pub fn ipam_error(e: IpamError) -> CniError {
 }
 
 pub fn open_store(conf: &Config) -> Result<Store, CniError> {
-    Store::open(&conf.data_dir(), &conf.name).map_err(ipam_error)
+    Store::open(conf.data_dir(), &conf.name).map_err(ipam_error)
 }
 
 fn attachment(env: &Env) -> Attachment {

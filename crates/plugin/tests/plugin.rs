@@ -489,7 +489,9 @@ fn bad_input_gets_the_right_error_and_changes_nothing() {
         f(&mut c);
         c
     };
-    let cases: Vec<(&str, Value, &str, Option<&str>, u64, &str)> = vec![
+    // (what, config, ifname, CNI_ARGS, expected code, text the message must contain)
+    type Case<'a> = (&'a str, Value, &'a str, Option<&'a str>, u64, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "unknown version",
             with(&|c| c["cniVersion"] = json!("9.9.9")),
@@ -655,11 +657,14 @@ fn ip_masq_masquerades_and_del_without_netns_removes_it() {
     spec.peer_netns = Some(ext.handle());
     nl.create_veth(&spec).unwrap();
     let l = nl.get_link_by_name("toext").unwrap().unwrap();
-    nl.add_address(l.index, "198.18.0.1/24".parse().unwrap(), true).unwrap();
+    nl.add_address(l.index, "198.18.0.1/24".parse().unwrap(), true)
+        .unwrap();
     nl.set_link_up(l.index).unwrap();
     let mut ext_nl = Netlink::in_netns(ext.handle()).unwrap();
     let e = ext_nl.get_link_by_name("eth0").unwrap().unwrap();
-    ext_nl.add_address(e.index, "198.18.0.2/24".parse().unwrap(), true).unwrap();
+    ext_nl
+        .add_address(e.index, "198.18.0.2/24".parse().unwrap(), true)
+        .unwrap();
     ext_nl.set_link_up(e.index).unwrap();
 
     let mut conf = node.conf("1.1.0", &[&["10.86.0.0/24"]]);
@@ -670,18 +675,30 @@ fn ip_masq_masquerades_and_del_without_netns_removes_it() {
     let r = node.add("ctr-masq", &pod, &conf);
     let pod_ip = ips_of(&r)[0];
     let net2 = network.clone();
-    let listed = in_netns_thread(node.ns.handle(), move || weft_firewall::pod_masq::list(&net2)).unwrap().unwrap();
+    let listed = in_netns_thread(node.ns.handle(), move || {
+        weft_firewall::pod_masq::list(&net2)
+    })
+    .unwrap()
+    .unwrap();
     assert_eq!(listed, vec![pod_ip]);
 
     let server = WhoAmIServer::start(ext.handle(), "198.18.0.2".parse().unwrap(), 0).unwrap();
     let seen = whoami(pod.handle(), "198.18.0.2".parse().unwrap(), server.port).unwrap();
-    assert_eq!(seen, "198.18.0.1".parse::<IpAddr>().unwrap(), "masqueraded behind the node");
+    assert_eq!(
+        seen,
+        "198.18.0.1".parse::<IpAddr>().unwrap(),
+        "masqueraded behind the node"
+    );
 
     let path = pod.path();
     drop(pod);
     let out = node.call("DEL", "ctr-masq", Some(&path), &conf);
     assert!(out.ok(), "{}", out.stdout);
     let net2 = network.clone();
-    let listed = in_netns_thread(node.ns.handle(), move || weft_firewall::pod_masq::list(&net2)).unwrap().unwrap();
+    let listed = in_netns_thread(node.ns.handle(), move || {
+        weft_firewall::pod_masq::list(&net2)
+    })
+    .unwrap()
+    .unwrap();
     assert!(listed.is_empty(), "{listed:?}");
 }
