@@ -153,6 +153,20 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
         health: Health::default(),
     });
     http::serve(cfg.listen, shared.clone()).await?;
+    if let Err(e) = crate::events::prepare(&cfg.plugin_events_dir) {
+        tracing::warn!(dir = %cfg.plugin_events_dir.display(), error = %e, "plugin events dir; CNI metrics off");
+    }
+    // The plugin's events are cheap to collect: once a second, off the reconcile path.
+    let sh = shared.clone();
+    let events_dir = cfg.plugin_events_dir.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let (sh, dir) = (sh.clone(), events_dir.clone());
+            blocking(move || crate::events::collect(&dir, &sh.metrics)).await;
+        }
+    });
 
     let (ifname, ip) = (cfg.underlay_interface.clone(), cfg.underlay_ip);
     let underlay = blocking(move || {
@@ -367,6 +381,7 @@ impl NodeSetup {
                 }
             }
         }
+        self.update_ipam_usage(shared);
         for p in &problems {
             tracing::warn!(problem = %p, "node set-up");
         }
@@ -383,6 +398,41 @@ impl NodeSetup {
             s.firewall = fw_status;
             s.problems = problems;
         });
+    }
+
+    /// weft_ipam_addresses{range, state}: read from the plugin's IPAM store.
+    fn update_ipam_usage(&self, shared: &Shared) {
+        let ranges: Vec<Vec<weft_ipam::RangeConfig>> = self
+            .pod_cidrs
+            .iter()
+            .map(|c| {
+                vec![weft_ipam::RangeConfig {
+                    subnet: c.trunc(),
+                    range_start: None,
+                    range_end: None,
+                    gateway: None,
+                }]
+            })
+            .collect();
+        let Ok(sets) = weft_ipam::validate_range_sets(&ranges) else {
+            return;
+        };
+        let usage = weft_ipam::Store::open(&self.cfg.ipam_data_dir, cniconf::NETWORK_NAME)
+            .and_then(|store| store.usage(&sets));
+        if let Ok(usage) = usage {
+            for u in usage {
+                for (state, n) in [("used", u.used), ("free", u.total - u.used)] {
+                    shared
+                        .metrics
+                        .ipam_addresses
+                        .get_or_create(&crate::metrics::RangeLabel {
+                            range: u.subnet.to_string(),
+                            state: state.into(),
+                        })
+                        .set(n as i64);
+                }
+            }
+        }
     }
 
     fn enable_forwarding(&self) -> Result<(), String> {

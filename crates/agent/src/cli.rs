@@ -351,3 +351,81 @@ pub fn uninstall(a: &Install) -> Result<(), String> {
         _ => Ok(()),
     }
 }
+
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
+    /// The packet arrives from the underlay (continue a trace on the next node).
+    #[arg(long)]
+    pub arriving: bool,
+    /// Where the agent serves /status (cluster network, firewall driver, peer names).
+    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:9946")]
+    pub listen: SocketAddr,
+    /// Cluster network(s), when the agent is not reachable.
+    #[arg(long = "cluster-cidr", value_delimiter = ',')]
+    pub cluster_cidrs: Vec<IpNet>,
+    #[arg(long, env = "WEFT_BRIDGE", default_value = "weft0")]
+    pub bridge: String,
+    #[arg(long, env = "WEFT_VXLAN_VNI", default_value_t = 1)]
+    pub vxlan_vni: u32,
+    #[arg(long, env = "WEFT_IPAM_DATA_DIR", default_value = "/var/lib/cni/weft")]
+    pub ipam_data_dir: PathBuf,
+    #[arg(long, value_parser = ["table", "json"], default_value = "table")]
+    pub output: String,
+}
+
+pub fn trace(a: &TraceArgs) -> Result<(), String> {
+    let mut ctx = crate::trace::TraceContext {
+        bridge: a.bridge.clone(),
+        vxlan_vni: a.vxlan_vni,
+        ipam_data_dir: a.ipam_data_dir.clone(),
+        cluster_cidrs: a.cluster_cidrs.clone(),
+        firewall: None,
+        peers: Vec::new(),
+    };
+    // The running agent knows the cluster network, its firewall driver and its peers.
+    if let Ok((200, body)) = http::get_blocking(a.listen, "/status") {
+        let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if ctx.cluster_cidrs.is_empty() {
+            ctx.cluster_cidrs = s["cluster_cidrs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str()?.parse().ok())
+                .collect();
+        }
+        ctx.firewall = s["firewall"]["driver"].as_str().map(String::from);
+        if let Some(vni) = s["vtep"]["vni"].as_u64() {
+            ctx.vxlan_vni = vni as u32;
+        }
+        ctx.peers = s["last_reconcile"]["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p["name"].as_str()?.to_string(),
+                    p["underlay_ip"].as_str()?.parse().ok()?,
+                ))
+            })
+            .collect();
+    } else if ctx.cluster_cidrs.is_empty() {
+        return Err(format!(
+            "weftd is not reachable on {}: pass --cluster-cidr so the trace knows the cluster network",
+            a.listen
+        ));
+    }
+    let mut nl = Netlink::new().map_err(|e| e.to_string())?;
+    let t = crate::trace::trace(&mut nl, &ctx, a.src, a.dst, a.arriving);
+    if a.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&t).expect("serializes"));
+    } else {
+        print!("{}", t.render());
+    }
+    if t.ok {
+        Ok(())
+    } else {
+        Err("the path is broken".into())
+    }
+}

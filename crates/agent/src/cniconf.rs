@@ -28,6 +28,7 @@ pub fn conflist(cfg: &RunConfig, pod_cidrs: &[IpNet], mtu: u32) -> Value {
                 "hairpinMode": true,
                 "ipMasq": false,
                 "mtu": mtu,
+                "metricsDir": cfg.plugin_events_dir,
                 "ipam": {
                     "type": "weft",
                     "ranges": ranges,

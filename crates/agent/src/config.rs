@@ -131,6 +131,13 @@ pub struct RunConfig {
     pub cni_version: String,
     #[arg(long, env = "WEFT_IPAM_DATA_DIR", default_value = "/var/lib/cni/weft")]
     pub ipam_data_dir: PathBuf,
+    /// Where the plugin drops one event file per call for the CNI metrics (tmpfs is best).
+    #[arg(
+        long,
+        env = "WEFT_PLUGIN_EVENTS_DIR",
+        default_value = "/run/weft/plugin-events"
+    )]
+    pub plugin_events_dir: PathBuf,
     /// weftd's own state (VTEP MAC, last etcd subnet).
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     pub state_dir: PathBuf,

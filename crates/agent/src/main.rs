@@ -31,6 +31,8 @@ enum Cmd {
         #[arg(long, value_parser = ["table", "json"], default_value = "table")]
         output: String,
     },
+    /// Follow a packet from SRC to DST through this node's kernel, hop by hop.
+    Trace(cli::TraceArgs),
     /// Remove everything weft made on this node (routes, VXLAN device, rules, bridge and pod
     /// veths, CNI config, state). Pods on the node lose their network.
     Cleanup(cli::Cleanup),
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
             rt.block_on(cli::init_etcd(args))
         }
         Cmd::Status { listen, output } => cli::status(listen, output == "json"),
+        Cmd::Trace(args) => cli::trace(&args),
         Cmd::Cleanup(args) => cli::cleanup(&args),
         Cmd::Install(args) => cli::install(&args),
         Cmd::Uninstall { install, cleanup } => {

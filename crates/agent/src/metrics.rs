@@ -18,6 +18,23 @@ pub struct ObjectLabel {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabel {
+    pub command: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub command: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RangeLabel {
+    pub range: String,
+    pub state: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub peers: Family<PathLabel, Gauge>,
@@ -27,6 +44,9 @@ pub struct Metrics {
     pub reconcile_changes: Counter,
     pub datastore_up: Gauge,
     pub ready: Gauge,
+    pub cni_duration: Family<CommandLabel, Histogram>,
+    pub cni_errors: Family<ErrorLabel, Counter>,
+    pub ipam_addresses: Family<RangeLabel, Gauge>,
 }
 
 impl Metrics {
@@ -76,8 +96,33 @@ impl Metrics {
             "1 when the CNI config is written and the firewall rules are in place",
             ready.clone(),
         );
+        let cni_duration = Family::<CommandLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ])
+        });
+        registry.register(
+            "cni_operation_duration_seconds",
+            "Duration of weft plugin invocations by CNI command (from the plugin's event files)",
+            cni_duration.clone(),
+        );
+        let cni_errors = Family::<ErrorLabel, Counter>::default();
+        registry.register(
+            "cni_operation_errors",
+            "Failed weft plugin invocations by CNI command and CNI error code",
+            cni_errors.clone(),
+        );
+        let ipam_addresses = Family::<RangeLabel, Gauge>::default();
+        registry.register(
+            "ipam_addresses",
+            "Pod addresses per IPAM range, by state (used, free)",
+            ipam_addresses.clone(),
+        );
         Metrics {
             registry,
+            cni_duration,
+            cni_errors,
+            ipam_addresses,
             peers,
             kernel_objects,
             reconcile_duration,

@@ -33,6 +33,8 @@ struct RawConf {
     dns: Option<weft_cni::Dns>,
     #[serde(default, rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<AttachmentKey>>,
+    #[serde(default)]
+    metrics_dir: Option<PathBuf>,
 }
 
 /// Where addresses come from.
@@ -62,6 +64,8 @@ pub struct Config {
     pub prev_result: Option<Value>,
     pub runtime_ips: Vec<IpAddr>,
     pub valid_attachments: Option<Vec<AttachmentKey>>,
+    /// Where to drop one small event file per invocation for weftd's metrics (optional).
+    pub metrics_dir: Option<PathBuf>,
     /// The whole stdin document, passed on unchanged to a delegated IPAM plugin.
     pub raw: Vec<u8>,
 }
@@ -141,6 +145,7 @@ impl Config {
             prev_result: header.prev_result,
             runtime_ips,
             valid_attachments: conf.valid_attachments,
+            metrics_dir: conf.metrics_dir,
             raw: raw.to_vec(),
         })
     }

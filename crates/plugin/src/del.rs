@@ -1,11 +1,16 @@
 //! DEL: idempotent and best-effort. Succeeds when the attachment is already gone, when
 //! CNI_NETNS is empty and when the netns no longer exists; removes the host veth (which takes
 //! the pod end with it) and releases the addresses by (container id, ifname).
+//!
+//! Order matters for a DEL killed half-way (the runtime retries it): the addresses are
+//! released last, because they are how the retry finds what is left to undo (the ipMasq
+//! elements are keyed by them).
 
-use crate::config::Config;
+use crate::config::{Config, Ipam};
 use crate::dataplane::nl_error;
 use crate::{ipam, masq, names};
 use weft_cni::{CniError, CniResult, Env};
+use weft_ipam::Attachment;
 use weft_netops::netlink::Netlink;
 
 pub fn run(conf: &Config, env: &Env) -> Result<(), CniError> {
@@ -13,19 +18,25 @@ pub fn run(conf: &Config, env: &Env) -> Result<(), CniError> {
     let mut nl = Netlink::new().map_err(nl_error)?;
     nl.delete_link_by_name(&host_name).map_err(nl_error)?;
 
-    let mut released = ipam::del(conf, env)?;
     if conf.ip_masq {
-        // A delegated IPAM does not tell us what it released: learn the IPs from prevResult.
+        let mut ips = match conf.ipam {
+            Ipam::Builtin { .. } => ipam::open_store(conf)?
+                .get(&Attachment::new(&env.container_id, &env.ifname))
+                .map_err(ipam::ipam_error)?,
+            // A delegated IPAM does not tell us what it holds: prevResult below.
+            Ipam::Delegated { .. } => Vec::new(),
+        };
         if let Some(prev) = conf
             .prev_result
             .as_ref()
             .and_then(|p| CniResult::from_json(p).ok())
         {
-            released.extend(prev.ips.iter().map(|ip| ip.address.addr()));
+            ips.extend(prev.ips.iter().map(|ip| ip.address.addr()));
         }
-        released.sort();
-        released.dedup();
-        masq::remove(&conf.name, &released)?;
+        ips.sort();
+        ips.dedup();
+        masq::remove(&conf.name, &ips)?;
     }
+    ipam::del(conf, env)?;
     Ok(())
 }

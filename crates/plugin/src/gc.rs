@@ -1,11 +1,17 @@
 //! GC (spec 1.1): release every reservation and remove every weft-made host link of this
 //! network whose (container id, ifname) is not in `cni.dev/valid-attachments`. Continues past
 //! individual errors and reports them together at the end.
+//!
+//! It also repairs what a plugin killed half-way leaves behind: a host veth whose alias was
+//! never set (an ADD killed between creating the pair and labelling it) is found by the name
+//! derived from a released reservation's owner; with ipMasq, set elements whose address no
+//! valid attachment holds (a killed ADD's nft child finishing after the DEL) are removed.
 
 use crate::config::{Config, Ipam};
 use crate::dataplane::nl_error;
 use crate::{ipam, masq, names};
 use std::collections::HashSet;
+use std::net::IpAddr;
 use weft_cni::error::{self, CniError};
 use weft_ipam::Attachment;
 use weft_netops::netlink::Netlink;
@@ -19,6 +25,8 @@ pub fn run(conf: &Config) -> Result<(), CniError> {
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
     let mut failures = Vec::new();
+    // Host veth names of released reservations: deleted below even without an alias.
+    let mut released_links = HashSet::new();
 
     if let Ipam::Builtin { .. } = conf.ipam {
         let keep: Vec<Attachment> = valid
@@ -31,9 +39,13 @@ pub fn run(conf: &Config) -> Result<(), CniError> {
         match ipam::open_store(conf).and_then(|s| s.gc(&keep).map_err(ipam::ipam_error)) {
             Ok(report) => {
                 failures.extend(report.errors.iter().map(|e| e.to_string()));
-                if conf.ip_masq && !report.released.is_empty() {
-                    let ips: Vec<_> = report.released.iter().map(|(ip, _)| *ip).collect();
-                    if let Err(e) = masq::remove(&conf.name, &ips) {
+                released_links.extend(
+                    report.released.iter().map(|(_, who)| {
+                        names::host_veth(&conf.name, &who.container_id, &who.ifname)
+                    }),
+                );
+                if conf.ip_masq {
+                    if let Err(e) = gc_masq(conf) {
                         failures.push(e.to_string());
                     }
                 }
@@ -44,13 +56,15 @@ pub fn run(conf: &Config) -> Result<(), CniError> {
 
     let mut nl = Netlink::new().map_err(nl_error)?;
     for link in nl.list_links().map_err(nl_error)? {
-        let Some(alias) = link.alias.as_deref() else {
-            continue;
+        let ours = match link
+            .alias
+            .as_deref()
+            .and_then(|a| names::parse_alias(a, &conf.name))
+        {
+            Some((cid, ifname)) => !valid.contains(&(cid.to_string(), ifname.to_string())),
+            None => released_links.contains(&link.name),
         };
-        let Some((cid, ifname)) = names::parse_alias(alias, &conf.name) else {
-            continue;
-        };
-        if valid.contains(&(cid.to_string(), ifname.to_string())) {
+        if !ours {
             continue;
         }
         if let Err(e) = nl.delete_link(link.index) {
@@ -66,4 +80,20 @@ pub fn run(conf: &Config) -> Result<(), CniError> {
         Err(CniError::new(error::IO_FAILURE, "GC finished with errors")
             .with_details(failures.join("; ")))
     }
+}
+
+/// Removes the ipMasq set elements of addresses that no remaining reservation holds (after
+/// the store's GC, the remaining ones are exactly the valid attachments').
+fn gc_masq(conf: &Config) -> Result<(), CniError> {
+    let held: HashSet<IpAddr> = ipam::open_store(conf)?
+        .list()
+        .map_err(ipam::ipam_error)?
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect();
+    let stale: Vec<IpAddr> = masq::list(&conf.name)?
+        .into_iter()
+        .filter(|ip| !held.contains(ip))
+        .collect();
+    masq::remove(&conf.name, &stale)
 }

@@ -25,9 +25,11 @@ pub fn ipam_error(e: IpamError) -> CniError {
         IpamError::InvalidConfig { .. } => error::INVALID_CONFIG,
         IpamError::Exhausted { .. } => error::IPAM_EXHAUSTED,
         IpamError::AlreadyExists { .. } => error::ALREADY_EXISTS,
-        IpamError::RequestedUnavailable { .. } | IpamError::RequestedOutOfRange { .. } => {
-            error::IPAM_REQUESTED_UNAVAILABLE
-        }
+        // InvalidRequest: two requested addresses for one range set (the rest of its causes
+        // are ruled out by config and environment validation before IPAM runs).
+        IpamError::RequestedUnavailable { .. }
+        | IpamError::RequestedOutOfRange { .. }
+        | IpamError::InvalidRequest { .. } => error::IPAM_REQUESTED_UNAVAILABLE,
         IpamError::Corrupt { .. } => error::IPAM_CORRUPT,
         _ => error::IO_FAILURE,
     };
@@ -175,4 +177,35 @@ fn exec_delegate(
         .with_details(String::from_utf8_lossy(&out.stdout).into_owned()));
     }
     Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (bad-input corpus): two requested IPs in one range set came out as error 5
+    /// ("I/O failure") instead of a requested-address error.
+    #[test]
+    fn two_requested_ips_for_one_set_is_a_request_error() {
+        let sets = weft_ipam::validate_range_sets(&[vec![weft_ipam::RangeConfig {
+            subnet: "10.99.0.0/24".parse().unwrap(),
+            range_start: None,
+            range_end: None,
+            gateway: None,
+        }]])
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("weft-ipam-map-{}", std::process::id()));
+        let store = Store::open(&dir, "net").unwrap();
+        let e = store
+            .allocate(
+                &sets,
+                &Attachment::new("c", "eth0"),
+                &["10.99.0.5".parse().unwrap(), "10.99.0.6".parse().unwrap()],
+            )
+            .unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = ipam_error(e);
+        assert_eq!(e.code, error::IPAM_REQUESTED_UNAVAILABLE);
+        assert!(e.msg.contains("10.99.0.6"), "{}", e.msg);
+    }
 }

@@ -7,6 +7,7 @@ mod check;
 mod config;
 mod dataplane;
 mod del;
+mod events;
 mod gc;
 mod ipam;
 mod masq;
@@ -18,7 +19,9 @@ use weft_cni::{version, Command, Env, Version};
 
 /// Runs one invocation. Returns what to print on success (possibly nothing), or the error and
 /// the version to render it in.
-fn run() -> Result<Option<serde_json::Value>, (CniError, String)> {
+fn run(
+    metrics_dir: &mut Option<std::path::PathBuf>,
+) -> Result<Option<serde_json::Value>, (CniError, String)> {
     let latest = Version::LATEST.to_string();
     let env = Env::from_lookup(|k| std::env::var(k).ok()).map_err(|e| (e, latest.clone()))?;
 
@@ -78,6 +81,7 @@ fn run() -> Result<Option<serde_json::Value>, (CniError, String)> {
         _ => {}
     }
     let conf = config::Config::parse(&raw, value, header).map_err(fail)?;
+    metrics_dir.clone_from(&conf.metrics_dir);
 
     match env.command {
         Command::Add => add::run(&conf, &env).map(|r| Some(r.to_json(version))),
@@ -107,16 +111,27 @@ fn status(conf: &config::Config) -> Result<(), CniError> {
 }
 
 fn main() {
+    let started = std::time::Instant::now();
+    let mut metrics_dir = None;
+    let outcome = run(&mut metrics_dir);
     let mut out = std::io::stdout().lock();
-    match run() {
+    let code = match outcome {
         Ok(Some(v)) => {
             let _ = writeln!(out, "{v}");
+            0
         }
-        Ok(None) => {}
+        Ok(None) => 0,
         Err((e, version)) => {
             let _ = writeln!(out, "{}", e.to_json(&version));
-            let _ = out.flush();
-            std::process::exit(1);
+            e.code
         }
+    };
+    let _ = out.flush();
+    if let Some(dir) = metrics_dir {
+        let command = std::env::var("CNI_COMMAND").unwrap_or_default();
+        events::record(&dir, &command, code, started.elapsed());
+    }
+    if code != 0 {
+        std::process::exit(1);
     }
 }

@@ -15,3 +15,7 @@ pub fn remove(network: &str, ips: &[IpAddr]) -> Result<(), CniError> {
     pod_masq::remove(network, ips)
         .map_err(|e| CniError::new(error::IO_FAILURE, format!("ipMasq: {e}")))
 }
+
+pub fn list(network: &str) -> Result<Vec<IpAddr>, CniError> {
+    pod_masq::list(network).map_err(|e| CniError::new(error::IO_FAILURE, format!("ipMasq: {e}")))
+}

@@ -16,14 +16,13 @@
 //! subnet. A node that restarts within the TTL finds its own key and keeps its subnet; after a
 //! longer absence it asks for the subnet remembered in `<state_dir>/etcd-subnet.json` first.
 
-use super::{DatastoreError, Health, PeersTx};
+use super::{Backoff, DatastoreError, Health, PeersTx};
 use crate::node::{LocalIdentity, NodeRecord, Registration};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
     TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
@@ -43,8 +42,6 @@ pub const STATE_FILE: &str = "etcd-subnet.json";
 /// Upper bound for one etcd request: a request to an unreachable cluster would otherwise wait
 /// for a connection forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(4);
 
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {
@@ -529,28 +526,6 @@ struct Remembered {
     pod_cidrs: Vec<IpNet>,
 }
 
-/// Exponential backoff with a little jitter so that many agents do not retry in lockstep.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff { next: BACKOFF_MIN }
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * 2).min(BACKOFF_MAX);
-        let jitter_ms = rand::rng().random_range(0..=d.as_millis() as u64 / 4);
-        d + Duration::from_millis(jitter_ms)
-    }
-
-    fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
-}
-
 pub struct EtcdStore {
     cfg: EtcdConfig,
     /// Set by `register`.
@@ -706,7 +681,7 @@ impl EtcdStore {
                 }
                 Fail::Resync(msg) => {
                     warn!(node = me.name, reason = %msg, "etcd: resyncing");
-                    tokio::time::sleep(BACKOFF_MIN).await;
+                    tokio::time::sleep(super::BACKOFF_MIN).await;
                 }
                 Fail::Unavailable(msg) => {
                     warn!(endpoints = ?self.cfg.endpoints, error = %msg, "etcd: unavailable, reconnecting");

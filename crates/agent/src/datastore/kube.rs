@@ -1,28 +1,608 @@
-//! The `kubernetes` datastore (being written).
+//! The `kubernetes` datastore: the cluster's Node objects are the datastore, as with flannel's
+//! kube subnet manager (`--kube-subnet-mgr`).
+//!
+//! - This node's pod CIDRs are `spec.podCIDRs` (or the older `spec.podCIDR`) of its Node,
+//!   assigned by kube-controller-manager (`--allocate-node-cidrs`, kubeadm
+//!   `--pod-network-cidr`). weftd waits until they are set.
+//! - weftd publishes what peers need on its own Node as annotations:
+//!   [`ANNOTATION_UNDERLAY_IP`] always, [`ANNOTATION_VTEP_MAC`] when it runs a VXLAN device.
+//!   It puts them back if somebody removes or changes them.
+//! - Peers are all other Nodes with pod CIDRs. Their underlay IP is the annotation, else the
+//!   node's `InternalIP` (so nodes not (yet) running weftd are reachable with host-gw).
+//! - The cluster network is not stored in Kubernetes: it comes from `--cluster-cidr`.
+//!
+//! RBAC (a ClusterRole bound to weftd's service account): `nodes`: `get`, `list`, `watch`,
+//! `patch`.
 
-use super::{DatastoreError, Health, PeersTx};
-use crate::node::{LocalIdentity, Registration};
+use super::{Backoff, DatastoreError, Health, PeersTx};
+use crate::node::{LocalIdentity, NodeRecord, Registration};
+use ::kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use ::kube::{Client, Config};
+use futures::{Stream, StreamExt};
 use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// This node's address on the underlay, set by weftd on its own Node.
+pub const ANNOTATION_UNDERLAY_IP: &str = "weft.dev/underlay-ip";
+/// MAC of this node's VXLAN device, set by weftd on its own Node (VXLAN backend only).
+pub const ANNOTATION_VTEP_MAC: &str = "weft.dev/vtep-mac";
+
+/// Upper bound for one request (get, list, patch): a request to an unreachable API server
+/// would otherwise wait for the client's own, much longer, timeouts.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Server-side duration of one watch request; the watch is then resumed where it stopped.
+const WATCH_TIMEOUT_SECS: u32 = 290;
+/// A watch silent for longer than this is taken for a dead connection (the server ends it
+/// after [`WATCH_TIMEOUT_SECS`] anyway).
+const WATCH_IDLE: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 10);
+/// How often to look again while this node has no pod CIDR yet (flannel: every second).
+const POD_CIDR_POLL: Duration = Duration::from_secs(1);
 
 pub struct KubeConfig {
+    /// Path of a kubeconfig file; without it: in-cluster service account, then `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
+    /// This node's Kubernetes Node name.
     pub node_name: String,
+    /// The cluster network(s) (`--cluster-cidr`); Kubernetes does not tell nodes about it.
     pub cluster_cidrs: Vec<IpNet>,
 }
 
 pub struct KubeStore {
     pub cfg: KubeConfig,
+    client: Option<Client>,
+    /// This node's pod CIDRs as registered, to notice when they change under us.
+    pod_cidrs: Vec<IpNet>,
 }
+
+type NodeEvents = Pin<Box<dyn Stream<Item = ::kube::Result<WatchEvent<Node>>> + Send>>;
 
 impl KubeStore {
     pub fn new(cfg: KubeConfig) -> KubeStore {
-        KubeStore { cfg }
+        KubeStore {
+            cfg,
+            client: None,
+            pod_cidrs: Vec::new(),
+        }
     }
-    pub async fn register(&mut self, _me: &LocalIdentity, _health: &Health) -> Result<Registration, DatastoreError> {
-        Err(DatastoreError::Kubernetes("not yet".into()))
+
+    /// Waits until this node has pod CIDRs, then annotates it with `me`.
+    pub async fn register(
+        &mut self,
+        me: &LocalIdentity,
+        health: &Health,
+    ) -> Result<Registration, DatastoreError> {
+        if self.cfg.cluster_cidrs.is_empty() {
+            return Err(DatastoreError::Kubernetes(
+                "--cluster-cidr is required with --datastore kubernetes".to_string(),
+            ));
+        }
+        let api: Api<Node> = Api::all(self.client().await?);
+        let name = self.cfg.node_name.clone();
+        let mut backoff = Backoff::new();
+
+        let pod_cidrs = loop {
+            let node = match call(format!("get node {name}"), api.get_opt(&name)).await {
+                Ok(Some(node)) => node,
+                Ok(None) => {
+                    let msg = format!(
+                        "node {name} not found: is the node name right (--node-name, \
+                         usually the hostname)?"
+                    );
+                    self.wait(health, msg, backoff.next()).await;
+                    continue;
+                }
+                Err(e) => {
+                    self.wait(health, e, backoff.next()).await;
+                    continue;
+                }
+            };
+            backoff.reset();
+            match node_pod_cidrs(&node) {
+                Ok(cidrs) if !cidrs.is_empty() => break cidrs,
+                Ok(_) => {
+                    let msg = format!(
+                        "node {name} has no spec.podCIDRs yet: is kube-controller-manager \
+                         running with --allocate-node-cidrs (kubeadm --pod-network-cidr)?"
+                    );
+                    self.wait(health, msg, POD_CIDR_POLL).await;
+                }
+                Err(e) => self.wait(health, e, POD_CIDR_POLL).await,
+            }
+        };
+
+        loop {
+            match patch_annotations(&api, &name, me).await {
+                Ok(()) => break,
+                Err(e) => self.wait(health, e, backoff.next()).await,
+            }
+        }
+        health.ok();
+        info!(node = %name, pod_cidrs = ?pod_cidrs, underlay_ip = %me.underlay_ip,
+              "kubernetes: registered");
+        self.pod_cidrs = pod_cidrs.clone();
+        Ok(Registration {
+            pod_cidrs,
+            cluster_cidrs: self.cfg.cluster_cidrs.clone(),
+            vtep_mac: None,
+        })
     }
-    pub async fn run(self, _me: LocalIdentity, _peers: PeersTx, _health: Health) -> Result<(), DatastoreError> {
-        Err(DatastoreError::Kubernetes("not yet".into()))
+
+    /// Lists and watches all Nodes, sending the other nodes on every change and keeping this
+    /// node's annotations in place.
+    pub async fn run(
+        mut self,
+        me: LocalIdentity,
+        peers: PeersTx,
+        health: Health,
+    ) -> Result<(), DatastoreError> {
+        let api: Api<Node> = Api::all(self.client().await?);
+        let mut backoff = Backoff::new();
+        loop {
+            let err = match self.sync(&api, &me, &peers, &health, &mut backoff).await {
+                // 410 Gone: our version is too old to resume from; list again.
+                SyncEnd::Expired => {
+                    debug!("kubernetes: watch version expired, listing again");
+                    backoff.reset();
+                    continue;
+                }
+                SyncEnd::Failed(err) => err,
+            };
+            health.failed(&err);
+            let delay = backoff.next();
+            warn!(error = %err, retry_in = ?delay, "kubernetes: node watch failed");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One list, then watches from its resource version for as long as the API server lets
+    /// us resume. Returns why it stopped.
+    async fn sync(
+        &self,
+        api: &Api<Node>,
+        me: &LocalIdentity,
+        peers: &PeersTx,
+        health: &Health,
+        backoff: &mut Backoff,
+    ) -> SyncEnd {
+        // resourceVersion=0: served from the API server's cache, as informers do; the watch
+        // below brings us up to date.
+        let list = match call(
+            "list nodes".to_string(),
+            api.list(&ListParams::default().match_any()),
+        )
+        .await
+        {
+            Ok(list) => list,
+            Err(e) => return SyncEnd::Failed(e),
+        };
+        let Some(mut version) = list.metadata.resource_version.filter(|v| !v.is_empty()) else {
+            return SyncEnd::Failed("list nodes: answer has no metadata.resourceVersion".into());
+        };
+        let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+        for node in list.items {
+            if let Some(name) = node.metadata.name.clone() {
+                nodes.insert(name, node);
+            }
+        }
+        health.ok();
+        debug!(nodes = nodes.len(), version, "kubernetes: listed nodes");
+        let mut own = OwnNode::new();
+        own.check(nodes.get(&me.name), me, &self.pod_cidrs);
+        publish(&nodes, me, peers);
+
+        loop {
+            let wp = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+            let mut stream: NodeEvents =
+                match call("watch nodes".to_string(), api.watch(&wp, &version)).await {
+                    Ok(s) => s.boxed(),
+                    Err(e) => return SyncEnd::Failed(e),
+                };
+            health.ok();
+            backoff.reset();
+            loop {
+                let item = tokio::select! {
+                    item = tokio::time::timeout(WATCH_IDLE, stream.next()) => item,
+                    _ = tokio::time::sleep_until(own.retry_at), if own.needs_patch => {
+                        own.patch(api, me, health).await;
+                        continue;
+                    }
+                };
+                let event = match item {
+                    Err(_) => {
+                        return SyncEnd::Failed(format!(
+                            "watch nodes: nothing received for {WATCH_IDLE:?}"
+                        ))
+                    }
+                    // The server ended this watch (timeoutSeconds): resume it.
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => return SyncEnd::Failed(format!("watch nodes: {e}")),
+                    Ok(Some(Ok(ev))) => ev,
+                };
+                match event {
+                    WatchEvent::Added(node) | WatchEvent::Modified(node) => {
+                        let Some(name) = node.metadata.name.clone() else {
+                            continue;
+                        };
+                        version = node.metadata.resource_version.clone().unwrap_or(version);
+                        if name == me.name {
+                            own.check(Some(&node), me, &self.pod_cidrs);
+                        }
+                        nodes.insert(name, node);
+                    }
+                    WatchEvent::Deleted(node) => {
+                        let Some(name) = node.metadata.name.clone() else {
+                            continue;
+                        };
+                        version = node.metadata.resource_version.clone().unwrap_or(version);
+                        if name == me.name {
+                            own.check(None, me, &self.pod_cidrs);
+                        }
+                        nodes.remove(&name);
+                    }
+                    WatchEvent::Bookmark(b) => {
+                        version = b.metadata.resource_version;
+                        continue;
+                    }
+                    // 410 Gone: our version is too old to resume from; list again.
+                    WatchEvent::Error(status) if status.code == 410 => return SyncEnd::Expired,
+                    WatchEvent::Error(status) => {
+                        return SyncEnd::Failed(format!(
+                            "watch nodes: {} ({})",
+                            status.message, status.code
+                        ))
+                    }
+                }
+                publish(&nodes, me, peers);
+            }
+        }
+    }
+
+    /// The client, made on first use.
+    async fn client(&mut self) -> Result<Client, DatastoreError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let err = DatastoreError::Kubernetes;
+        let config = match &self.cfg.kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path)
+                    .map_err(|e| err(format!("kubeconfig {}: {e}", path.display())))?;
+                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| err(format!("kubeconfig {}: {e}", path.display())))?
+            }
+            None => Config::infer().await.map_err(|e| {
+                err(format!(
+                    "no --kubeconfig given and no in-cluster service account or \
+                     ~/.kube/config: {e}"
+                ))
+            })?,
+        };
+        debug!(url = %config.cluster_url, "kubernetes: API server");
+        let client = Client::try_from(config)
+            .map_err(|e| err(format!("cannot create Kubernetes client: {e}")))?;
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn wait(&self, health: &Health, why: impl ToString, delay: Duration) {
+        let why = why.to_string();
+        warn!(node = %self.cfg.node_name, retry_in = ?delay, "kubernetes: {why}");
+        health.failed(why);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Why [`KubeStore::sync`] stopped.
+enum SyncEnd {
+    /// The watch cannot be resumed (410 Gone): list again at once.
+    Expired,
+    /// API server unreachable or refusing: retry with backoff.
+    Failed(String),
+}
+
+/// Keeps this node's annotations in place while watching.
+struct OwnNode {
+    needs_patch: bool,
+    retry_at: tokio::time::Instant,
+    backoff: Backoff,
+}
+
+impl OwnNode {
+    fn new() -> OwnNode {
+        OwnNode {
+            needs_patch: false,
+            retry_at: tokio::time::Instant::now(),
+            backoff: Backoff::new(),
+        }
+    }
+
+    /// Looks at the latest version of our own Node (`None`: it was deleted).
+    fn check(&mut self, node: Option<&Node>, me: &LocalIdentity, registered: &[IpNet]) {
+        let Some(node) = node else {
+            warn!(node = %me.name, "kubernetes: this node's Node object was deleted");
+            self.needs_patch = false;
+            return;
+        };
+        if let Ok(cidrs) = node_pod_cidrs(node) {
+            if !registered.is_empty() && cidrs != registered {
+                warn!(node = %me.name, registered = ?registered, now = ?cidrs,
+                      "kubernetes: this node's pod CIDRs changed; restart weftd to use them");
+            }
+        }
+        if !annotations_current(node, me) && !self.needs_patch {
+            info!(node = %me.name, "kubernetes: this node's annotations are missing or stale, patching");
+            self.needs_patch = true;
+            self.retry_at = tokio::time::Instant::now();
+        }
+    }
+
+    async fn patch(&mut self, api: &Api<Node>, me: &LocalIdentity, health: &Health) {
+        match patch_annotations(api, &me.name, me).await {
+            Ok(()) => {
+                self.needs_patch = false;
+                self.backoff.reset();
+            }
+            Err(e) => {
+                let delay = self.backoff.next();
+                self.retry_at = tokio::time::Instant::now() + delay;
+                warn!(error = %e, retry_in = ?delay, "kubernetes: cannot annotate this node");
+                health.failed(e);
+            }
+        }
+    }
+}
+
+/// One API request, bounded by [`REQUEST_TIMEOUT`]; the error says what failed.
+async fn call<T>(
+    what: String,
+    fut: impl Future<Output = Result<T, ::kube::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {REQUEST_TIMEOUT:?}")),
+    }
+}
+
+/// Merge patch of our annotations; a VTEP MAC we no longer have is removed (`null`).
+async fn patch_annotations(api: &Api<Node>, name: &str, me: &LocalIdentity) -> Result<(), String> {
+    let patch = serde_json::json!({
+        "metadata": { "annotations": {
+            ANNOTATION_UNDERLAY_IP: me.underlay_ip.to_string(),
+            ANNOTATION_VTEP_MAC: me.vtep_mac,
+        }}
+    });
+    call(
+        format!("annotate node {name}"),
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
+    )
+    .await?;
+    debug!(node = name, "kubernetes: annotated node");
+    Ok(())
+}
+
+/// Whether `node` carries exactly our annotations.
+fn annotations_current(node: &Node, me: &LocalIdentity) -> bool {
+    let ann = node.metadata.annotations.as_ref();
+    let get = |key: &str| ann.and_then(|a| a.get(key)).map(String::as_str);
+    get(ANNOTATION_UNDERLAY_IP) == Some(me.underlay_ip.to_string().as_str())
+        && get(ANNOTATION_VTEP_MAC) == me.vtep_mac.as_deref()
+}
+
+/// A node's pod CIDRs: `spec.podCIDRs`, else `spec.podCIDR`; empty if not assigned yet.
+pub fn node_pod_cidrs(node: &Node) -> Result<Vec<IpNet>, String> {
+    let name = node.metadata.name.as_deref().unwrap_or("<unnamed>");
+    let Some(spec) = &node.spec else {
+        return Ok(Vec::new());
+    };
+    let raw: Vec<&String> = match &spec.pod_cidrs {
+        Some(list) if !list.is_empty() => list.iter().collect(),
+        _ => spec.pod_cidr.iter().collect(),
+    };
+    raw.into_iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .map_err(|e| format!("node {name}: invalid pod CIDR {s:?}: {e}"))
+        })
+        .collect()
+}
+
+/// How peers reach `node`, or why it cannot be a peer. The underlay IP is the
+/// [`ANNOTATION_UNDERLAY_IP`] annotation, else the node's InternalIP, preferring the family of
+/// `family` (our own underlay IP) on a dual-stack node.
+pub fn node_record(node: &Node, family: IpAddr) -> Result<NodeRecord, String> {
+    let name = node
+        .metadata
+        .name
+        .clone()
+        .ok_or("node without metadata.name")?;
+    let pod_cidrs = node_pod_cidrs(node)?;
+    if pod_cidrs.is_empty() {
+        return Err(format!("node {name} has no spec.podCIDRs"));
+    }
+    let ann = node.metadata.annotations.as_ref();
+    let annotated = ann
+        .and_then(|a| a.get(ANNOTATION_UNDERLAY_IP))
+        .and_then(|s| {
+            s.parse::<IpAddr>()
+                .inspect_err(|e| {
+                    debug!(node = %name, value = %s, error = %e,
+                                    "kubernetes: ignoring invalid underlay-ip annotation")
+                })
+                .ok()
+        });
+    let underlay_ip = annotated
+        .or_else(|| internal_ip(node, family))
+        .ok_or_else(|| {
+            format!(
+                "node {name} has neither a {ANNOTATION_UNDERLAY_IP} annotation nor an InternalIP"
+            )
+        })?;
+    let vtep_mac = ann
+        .and_then(|a| a.get(ANNOTATION_VTEP_MAC))
+        .filter(|m| !m.is_empty())
+        .cloned();
+    Ok(NodeRecord {
+        name,
+        underlay_ip,
+        pod_cidrs,
+        vtep_mac,
+    })
+}
+
+/// The node's InternalIP of the same family as `family`, else its first InternalIP.
+fn internal_ip(node: &Node, family: IpAddr) -> Option<IpAddr> {
+    let ips: Vec<IpAddr> = node
+        .status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    ips.iter()
+        .find(|ip| ip.is_ipv4() == family.is_ipv4())
+        .or(ips.first())
+        .copied()
+}
+
+/// Sends the other nodes that can be peers, sorted by name, if they changed.
+fn publish(nodes: &BTreeMap<String, Node>, me: &LocalIdentity, peers: &PeersTx) {
+    let mut others = Vec::new();
+    for (name, node) in nodes {
+        if *name == me.name {
+            continue;
+        }
+        match node_record(node, me.underlay_ip) {
+            Ok(r) => others.push(r),
+            Err(why) => debug!("kubernetes: skipping peer: {why}"),
+        }
+    }
+    // BTreeMap order is already by name.
+    peers.send_if_modified(|cur| {
+        let changed = cur.as_ref() != Some(&others);
+        if changed {
+            debug!(peers = others.len(), "kubernetes: peers changed");
+            *cur = Some(others);
+        }
+        changed
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+
+    fn node(name: &str, cidrs: &[&str], ips: &[&str], ann: &[(&str, &str)]) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some(name.to_string());
+        if !ann.is_empty() {
+            n.metadata.annotations = Some(
+                ann.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+        }
+        n.spec = Some(NodeSpec {
+            pod_cidrs: Some(cidrs.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        });
+        n.status = Some(NodeStatus {
+            addresses: Some(
+                ips.iter()
+                    .map(|ip| NodeAddress {
+                        type_: "InternalIP".to_string(),
+                        address: ip.to_string(),
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        });
+        n
+    }
+
+    fn v4() -> IpAddr {
+        "192.168.0.1".parse().unwrap()
+    }
+
+    #[test]
+    fn record_prefers_annotation_then_internal_ip_of_our_family() {
+        let n = node("a", &["10.244.1.0/24"], &["fd00::5", "192.168.0.5"], &[]);
+        let r = node_record(&n, v4()).unwrap();
+        assert_eq!(r.underlay_ip, "192.168.0.5".parse::<IpAddr>().unwrap());
+        assert_eq!(r.vtep_mac, None);
+        let r6 = node_record(&n, "fd00::1".parse().unwrap()).unwrap();
+        assert_eq!(r6.underlay_ip, "fd00::5".parse::<IpAddr>().unwrap());
+
+        let n = node(
+            "a",
+            &["10.244.1.0/24"],
+            &["192.168.0.5"],
+            &[
+                (ANNOTATION_UNDERLAY_IP, "10.0.0.5"),
+                (ANNOTATION_VTEP_MAC, "02:00:00:00:00:05"),
+            ],
+        );
+        let r = node_record(&n, v4()).unwrap();
+        assert_eq!(r.underlay_ip, "10.0.0.5".parse::<IpAddr>().unwrap());
+        assert_eq!(r.vtep_mac.as_deref(), Some("02:00:00:00:00:05"));
+    }
+
+    #[test]
+    fn nodes_without_cidrs_or_address_are_not_peers() {
+        let err = node_record(&node("a", &[], &["192.168.0.5"], &[]), v4()).unwrap_err();
+        assert!(err.contains("no spec.podCIDRs"), "{err}");
+        let err = node_record(&node("a", &["10.244.1.0/24"], &[], &[]), v4()).unwrap_err();
+        assert!(err.contains("InternalIP"), "{err}");
+        let err = node_record(&node("a", &["bogus"], &["192.168.0.5"], &[]), v4()).unwrap_err();
+        assert!(err.contains("invalid pod CIDR"), "{err}");
+    }
+
+    #[test]
+    fn old_single_pod_cidr_field_is_used() {
+        let mut n = node("a", &[], &[], &[]);
+        n.spec.as_mut().unwrap().pod_cidr = Some("10.244.7.0/24".to_string());
+        assert_eq!(
+            node_pod_cidrs(&n).unwrap(),
+            vec!["10.244.7.0/24".parse::<IpNet>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn annotations_compare_exactly() {
+        let me = LocalIdentity {
+            name: "me".into(),
+            underlay_ip: v4(),
+            vtep_mac: None,
+        };
+        let n = node("me", &[], &[], &[(ANNOTATION_UNDERLAY_IP, "192.168.0.1")]);
+        assert!(annotations_current(&n, &me));
+        let with_mac = LocalIdentity {
+            vtep_mac: Some("02:00:00:00:00:01".into()),
+            ..me.clone()
+        };
+        assert!(!annotations_current(&n, &with_mac));
+        let stale = node(
+            "me",
+            &[],
+            &[],
+            &[
+                (ANNOTATION_UNDERLAY_IP, "192.168.0.1"),
+                (ANNOTATION_VTEP_MAC, "02:00:00:00:00:09"),
+            ],
+        );
+        assert!(!annotations_current(&stale, &me));
+        assert!(!annotations_current(&node("me", &[], &[], &[]), &me));
     }
 }

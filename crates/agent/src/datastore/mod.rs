@@ -95,3 +95,29 @@ impl Datastore {
         }
     }
 }
+
+pub(crate) const BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(250);
+pub(crate) const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Exponential backoff with jitter for datastore retries: 250 ms doubling to 4 s.
+pub(crate) struct Backoff {
+    next: std::time::Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Backoff {
+        Backoff { next: BACKOFF_MIN }
+    }
+
+    pub(crate) fn next(&mut self) -> std::time::Duration {
+        use rand::Rng;
+        let d = self.next;
+        self.next = (d * 2).min(BACKOFF_MAX);
+        let jitter_ms = rand::rng().random_range(0..=d.as_millis() as u64 / 4);
+        d + std::time::Duration::from_millis(jitter_ms)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}

@@ -749,11 +749,37 @@ impl Netlink {
     /// result's `dst` is the address itself (/32 or /128); `oif`, `gateway`,
     /// `prefsrc` and `table` say where it goes.
     pub fn route_get(&mut self, dst: IpAddr) -> Result<Route> {
+        self.route_get_from(dst, None, None)
+    }
+
+    /// The kernel's routing decision for a packet to `dst` from `src` that arrived on
+    /// interface `iif` (a forwarded packet, e.g. from a pod through the bridge), like
+    /// `ip route get DST from SRC iif DEV`. A local destination comes back with
+    /// `kind == RTN_LOCAL`.
+    pub fn route_get_from(
+        &mut self,
+        dst: IpAddr,
+        src: Option<IpAddr>,
+        iif: Option<u32>,
+    ) -> Result<Route> {
         let mut m = RouteMessage::default();
         m.header.address_family = types::af_of(&dst);
         m.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
         m.attributes.push(RouteAttribute::Destination(dst.into()));
-        let op = || format!("get route to {dst}");
+        if let Some(src) = src {
+            m.header.source_prefix_length = if src.is_ipv4() { 32 } else { 128 };
+            m.attributes.push(RouteAttribute::Source(src.into()));
+        }
+        if let Some(iif) = iif {
+            m.attributes.push(RouteAttribute::Iif(iif));
+        }
+        let op = || {
+            format!(
+                "get route to {dst}{}{}",
+                src.map(|s| format!(" from {s}")).unwrap_or_default(),
+                iif.map(|i| format!(" iif {i}")).unwrap_or_default()
+            )
+        };
         let msgs = self.request(&op, RouteNetlinkMessage::GetRoute(m), 0)?;
         msgs.iter()
             .find_map(|m| match m {

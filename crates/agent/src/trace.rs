@@ -1,0 +1,430 @@
+//! `weftd trace SRC DST`: the path a packet takes on this node right now, hop by hop, from
+//! the kernel's own answers: the IPAM store and link aliases (which pod, which host veth), the
+//! routing decision (`ip route get DST from SRC iif BRIDGE`), the VTEP's neighbour and FDB
+//! entries, and the firewall driver's live view of weft's rules. A node sees only its own
+//! kernel: when the packet leaves for a peer, the trace says which one (`next_node`), and
+//! `weftd trace --arriving` on that peer (or `weft-lab trace`, which does both) continues.
+
+use crate::backend::RTPROT_WEFT;
+use crate::cniconf::NETWORK_NAME;
+use crate::vxlan;
+use ipnet::IpNet;
+use serde::Serialize;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use weft_firewall::{DriverKind, IptablesVariant, Policy};
+use weft_netops::netlink::{format_mac, Link, RTN_LOCAL};
+use weft_netops::Netlink;
+
+/// What the trace needs to know about this node besides the kernel.
+#[derive(Debug, Clone)]
+pub struct TraceContext {
+    pub bridge: String,
+    pub vxlan_vni: u32,
+    pub ipam_data_dir: PathBuf,
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Firewall driver name as weftd reports it ("nftables", "iptables-nft", ...), if any.
+    pub firewall: Option<String>,
+    /// Peer names by underlay IP (from the agent's status), for readable output.
+    pub peers: Vec<(String, IpAddr)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Hop {
+    pub step: String,
+    pub detail: String,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trace {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub hops: Vec<Hop>,
+    /// The underlay address of the node the packet goes to next, if it leaves this node.
+    pub next_node: Option<IpAddr>,
+    pub ok: bool,
+}
+
+impl Trace {
+    fn hop(&mut self, step: &str, detail: String, ok: bool) {
+        self.ok &= ok;
+        self.hops.push(Hop {
+            step: step.into(),
+            detail,
+            ok,
+        });
+    }
+
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let _ = writeln!(o, "trace {} -> {}", self.src, self.dst);
+        for (i, h) in self.hops.iter().enumerate() {
+            let mark = if h.ok { " " } else { "!" };
+            let _ = writeln!(o, "{mark}{:>2}. {:<14} {}", i + 1, h.step, h.detail);
+        }
+        let _ = writeln!(
+            o,
+            "{}",
+            if self.ok {
+                "path complete"
+            } else {
+                "PATH BROKEN (see !)"
+            }
+        );
+        o
+    }
+}
+
+/// The pod (container id, ifname) holding `ip` in this node's IPAM store, if any.
+fn local_pod(ctx: &TraceContext, ip: IpAddr) -> Option<weft_ipam::Attachment> {
+    let store = weft_ipam::Store::open(&ctx.ipam_data_dir, NETWORK_NAME).ok()?;
+    store
+        .list()
+        .ok()?
+        .into_iter()
+        .find(|(held, _)| *held == ip)
+        .map(|(_, who)| who)
+}
+
+fn host_veth<'a>(links: &'a [Link], who: &weft_ipam::Attachment) -> Option<&'a Link> {
+    let alias = format!("weft:{NETWORK_NAME}:{}:{}", who.container_id, who.ifname);
+    links
+        .iter()
+        .find(|l| l.alias.as_deref() == Some(alias.as_str()))
+}
+
+fn in_cluster(ctx: &TraceContext, ip: IpAddr) -> Option<IpNet> {
+    ctx.cluster_cidrs.iter().find(|c| c.contains(&ip)).copied()
+}
+
+fn peer_name(ctx: &TraceContext, ip: IpAddr) -> String {
+    ctx.peers
+        .iter()
+        .find(|(_, u)| *u == ip)
+        .map(|(n, _)| format!("node {n} ({ip})"))
+        .unwrap_or_else(|| format!("node {ip}"))
+}
+
+/// Traces `src -> dst` on this node. `arriving`: the packet comes in from the underlay (the
+/// second half of a cross-node trace) rather than from a local pod or the node itself.
+pub fn trace(
+    nl: &mut Netlink,
+    ctx: &TraceContext,
+    src: IpAddr,
+    dst: IpAddr,
+    arriving: bool,
+) -> Trace {
+    let mut t = Trace {
+        src,
+        dst,
+        hops: Vec::new(),
+        next_node: None,
+        ok: true,
+    };
+    let links = match nl.list_links() {
+        Ok(l) => l,
+        Err(e) => {
+            t.hop("kernel", format!("cannot list links: {e}"), false);
+            return t;
+        }
+    };
+    let bridge = links.iter().find(|l| l.name == ctx.bridge);
+    let vtep_name = vxlan::device_name(ctx.vxlan_vni);
+    let vtep = links.iter().find(|l| l.name == vtep_name);
+    let name_of = |index: u32| {
+        links
+            .iter()
+            .find(|l| l.index == index)
+            .map(|l| l.name.clone())
+            .unwrap_or_else(|| format!("ifindex {index}"))
+    };
+
+    // 1. Where the packet starts on this node.
+    let mut iif = None;
+    if arriving {
+        let via = vtep.map(|v| v.name.as_str()).unwrap_or("the underlay");
+        t.hop("arrives", format!("from {src} (over {via})"), true);
+    } else if let Some(who) = local_pod(ctx, src) {
+        t.hop(
+            "source pod",
+            format!(
+                "{src} = container {} {} (IPAM reservation)",
+                who.container_id, who.ifname
+            ),
+            true,
+        );
+        match (host_veth(&links, &who), bridge) {
+            (Some(v), Some(b)) if v.master == Some(b.index) && v.up => {
+                t.hop(
+                    "host veth",
+                    format!("{} up, on bridge {}", v.name, b.name),
+                    true,
+                );
+                iif = Some(b.index);
+            }
+            (Some(v), Some(b)) => t.hop(
+                "host veth",
+                format!(
+                    "{} is {} and {} bridge {}",
+                    v.name,
+                    if v.up { "up" } else { "DOWN" },
+                    if v.master == Some(b.index) {
+                        "on"
+                    } else {
+                        "NOT on"
+                    },
+                    b.name
+                ),
+                false,
+            ),
+            (None, _) => t.hop(
+                "host veth",
+                "no host veth carries this pod's alias: pod network gone (run CNI CHECK)".into(),
+                false,
+            ),
+            (_, None) => t.hop(
+                "bridge",
+                format!("bridge {} does not exist", ctx.bridge),
+                false,
+            ),
+        }
+    } else {
+        t.hop("source", format!("{src} (this node)"), true);
+    }
+    if !t.ok {
+        return t;
+    }
+
+    // 2. The kernel's routing decision.
+    let route = match nl.route_get_from(dst, if iif.is_some() { Some(src) } else { None }, iif) {
+        Ok(r) => r,
+        Err(e) => {
+            t.hop("route", format!("no route to {dst}: {e}"), false);
+            return t;
+        }
+    };
+    if route.kind == RTN_LOCAL {
+        t.hop(
+            "route",
+            format!("{dst} is this node's own address: delivered locally"),
+            true,
+        );
+        return t;
+    }
+    let oif = route.oif.unwrap_or(0);
+    let out_name = name_of(oif);
+    let via = route
+        .gateway
+        .map(|g| format!(" via {g}"))
+        .unwrap_or_default();
+    let dst_cluster = in_cluster(ctx, dst);
+
+    if bridge.is_some_and(|b| b.index == oif) {
+        t.hop(
+            "route",
+            format!("{dst} dev {out_name}: this node's pod network"),
+            true,
+        );
+        match local_pod(ctx, dst) {
+            Some(who) => match host_veth(&links, &who) {
+                Some(v) => {
+                    t.hop(
+                        "bridge",
+                        format!(
+                            "{out_name} -> host veth {}{}",
+                            v.name,
+                            if v.up { "" } else { " (DOWN)" }
+                        ),
+                        v.up,
+                    );
+                    t.hop(
+                        "dest pod",
+                        format!("{dst} = container {} {}", who.container_id, who.ifname),
+                        true,
+                    );
+                }
+                None => t.hop(
+                    "bridge",
+                    format!(
+                        "{dst} is reserved by {} but its host veth is gone",
+                        who.container_id
+                    ),
+                    false,
+                ),
+            },
+            None => t.hop(
+                "dest pod",
+                format!("no pod on this node holds {dst}"),
+                false,
+            ),
+        }
+    } else if vtep.is_some_and(|v| v.index == oif) {
+        let vtep = vtep.expect("checked");
+        t.hop(
+            "route",
+            format!("{dst}{via} dev {out_name} onlink (weft vxlan route)"),
+            true,
+        );
+        let gw = route.gateway;
+        let neigh = nl
+            .list_neighbours(Some(vtep.index))
+            .unwrap_or_default()
+            .into_iter()
+            .find(|n| Some(n.ip) == gw);
+        let Some(mac) = neigh.and_then(|n| n.mac) else {
+            t.hop(
+                "neighbour",
+                format!(
+                    "no neighbour entry for VTEP {} on {}: the agent has not programmed this peer",
+                    gw.map(|g| g.to_string()).unwrap_or_default(),
+                    vtep.name
+                ),
+                false,
+            );
+            return t;
+        };
+        t.hop(
+            "neighbour",
+            format!(
+                "{} lladdr {} (peer VTEP MAC)",
+                gw.map(|g| g.to_string()).unwrap_or_default(),
+                format_mac(&mac)
+            ),
+            true,
+        );
+        let fdb = nl
+            .list_fdb(vtep.index)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|f| f.mac == mac && f.dst.is_some());
+        let Some(remote) = fdb.and_then(|f| f.dst) else {
+            t.hop("fdb", format!("no FDB entry for {} on {}: the peer's VTEP is unreachable (is its agent publishing a VTEP MAC, and is ours programming it?)", format_mac(&mac), vtep.name), false);
+            return t;
+        };
+        let outer = nl.route_get(remote);
+        let (outer_src, outer_dev) = match &outer {
+            Ok(r) => (
+                r.prefsrc
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                r.oif.map(name_of).unwrap_or_else(|| "?".into()),
+            ),
+            Err(_) => ("?".into(), "?".into()),
+        };
+        t.hop("fdb", format!("{} dst {remote}", format_mac(&mac)), true);
+        t.hop(
+            "vxlan",
+            format!(
+                "encapsulated: outer {outer_src} -> {remote} UDP, VNI {}, out {outer_dev}",
+                ctx.vxlan_vni
+            ),
+            outer.is_ok(),
+        );
+        t.hop("next node", peer_name(ctx, remote), true);
+        t.next_node = Some(remote);
+    } else if route.protocol == RTPROT_WEFT {
+        t.hop(
+            "route",
+            format!("{dst}{via} dev {out_name} (weft host-gw route)"),
+            true,
+        );
+        if let Some(g) = route.gateway {
+            t.hop("next node", peer_name(ctx, g), true);
+            t.next_node = Some(g);
+        }
+    } else if let Some(cidr) = dst_cluster {
+        // Pod traffic inside the cluster that no weft route claims: the path is broken.
+        t.hop(
+            "route",
+            format!("no weft route for {dst} (cluster {cidr}): the kernel would send it{via} dev {out_name}; the peer owning it is not programmed here (agent down, or peer missing from the datastore)"),
+            false,
+        );
+        return t;
+    } else {
+        t.hop(
+            "route",
+            format!("{dst}{via} dev {out_name}: leaves the cluster network"),
+            true,
+        );
+    }
+
+    // 3. The firewall: forward-accept and NAT, checked against the live ruleset.
+    let src_cluster = in_cluster(ctx, src);
+    if let Some(driver) = &ctx.firewall {
+        let policy = Policy::new(ctx.cluster_cidrs.clone());
+        let kind = match driver.as_str() {
+            "nftables" => Some(DriverKind::Nftables),
+            "iptables-nft" => Some(DriverKind::Iptables(IptablesVariant::Nft)),
+            "iptables-legacy" => Some(DriverKind::Iptables(IptablesVariant::Legacy)),
+            _ => None,
+        };
+        let status = kind
+            .and_then(|k| weft_firewall::driver(k).ok())
+            .map(|fw| fw.status(&policy));
+        let in_place = matches!(&status, Some(Ok(s)) if s.in_place);
+        let missing = match &status {
+            Some(Ok(s)) => s.problems.join("; "),
+            Some(Err(e)) => e.to_string(),
+            None => format!("unknown driver {driver}"),
+        };
+        if iif.is_some() || arriving {
+            let rule = src_cluster
+                .or(dst_cluster)
+                .map(|c| format!("accepted by weft's forward rule for {c}"));
+            match rule {
+                Some(r) if in_place => t.hop("forward", format!("{r} ({driver})"), true),
+                Some(r) => t.hop(
+                    "forward",
+                    format!("{r}, but weft's rules are NOT in place: {missing}"),
+                    false,
+                ),
+                None => t.hop(
+                    "forward",
+                    "neither address is in the cluster network: weft does not accept it".into(),
+                    true,
+                ),
+            }
+        }
+        let multicast = match dst {
+            IpAddr::V4(a) => a.is_multicast(),
+            IpAddr::V6(a) => a.is_multicast(),
+        };
+        let nat = match (src_cluster, dst_cluster) {
+            (Some(_), Some(c)) => (
+                "none: pod to cluster address, source kept".to_string(),
+                true,
+                c.to_string(),
+            ),
+            (Some(_), None) if multicast => (
+                "none: multicast is never masqueraded".into(),
+                true,
+                String::new(),
+            ),
+            (Some(c), None) => (
+                format!("masquerade to this node's address on {out_name} (fully random ports)"),
+                in_place,
+                c.to_string(),
+            ),
+            (None, _) => (
+                "none: source is not a pod address".into(),
+                true,
+                String::new(),
+            ),
+        };
+        let detail = if nat.1 {
+            nat.0
+        } else {
+            format!("{}, but weft's rules are NOT in place: {missing}", nat.0)
+        };
+        t.hop("nat", detail, nat.1);
+    } else {
+        t.hop(
+            "firewall",
+            "weftd runs with --firewall none: no forward/NAT rules from weft".into(),
+            true,
+        );
+    }
+    t
+}
