@@ -156,17 +156,6 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
     if let Err(e) = crate::events::prepare(&cfg.plugin_events_dir) {
         tracing::warn!(dir = %cfg.plugin_events_dir.display(), error = %e, "plugin events dir; CNI metrics off");
     }
-    // The plugin's events are cheap to collect: once a second, off the reconcile path.
-    let sh = shared.clone();
-    let events_dir = cfg.plugin_events_dir.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let (sh, dir) = (sh.clone(), events_dir.clone());
-            blocking(move || crate::events::collect(&dir, &sh.metrics)).await;
-        }
-    });
 
     let (ifname, ip) = (cfg.underlay_interface.clone(), cfg.underlay_ip);
     let underlay = blocking(move || {
@@ -252,6 +241,30 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
     let sh = shared.clone();
     blocking(move || n.converge_node(&sh)).await;
 
+    if cfg.health_port != 0 {
+        for gw in node.pod_cidrs.iter().filter_map(pod_gateway) {
+            let addr = std::net::SocketAddr::new(gw.addr(), cfg.health_port);
+            tokio::spawn(health_echo(addr, cfg.node_name.clone()));
+        }
+    }
+
+    // The plugin's events are cheap to collect: once a second, off the reconcile path. New
+    // events mean pods came or went: refresh the IPAM usage too.
+    let (sh, n) = (shared.clone(), node.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let (sh, n) = (sh.clone(), n.clone());
+            blocking(move || {
+                if crate::events::collect(&n.cfg.plugin_events_dir, &sh.metrics) > 0 {
+                    n.update_ipam_usage(&sh);
+                }
+            })
+            .await;
+        }
+    });
+
     let (peers_tx, mut peers_rx) = watch::channel::<Option<Vec<NodeRecord>>>(None);
     let health = shared.health.clone();
     let me2 = me.clone();
@@ -305,6 +318,36 @@ async fn shutdown_signal() {
     }
 }
 
+/// The pods' gateway in `cidr` (network + 1, the IPAM default) with the CIDR's prefix.
+pub fn pod_gateway(cidr: &IpNet) -> Option<IpNet> {
+    let gw = match cidr.network() {
+        std::net::IpAddr::V4(a) => std::net::IpAddr::V4((u32::from(a) + 1).into()),
+        std::net::IpAddr::V6(a) => std::net::IpAddr::V6((u128::from(a) + 1).into()),
+    };
+    IpNet::new(gw, cidr.prefix_len()).ok()
+}
+
+/// Answers each connection on `addr` with this node's name: the target of `weftd check
+/// --peers` on other nodes, reached through the pod network (routes, VXLAN, rules).
+async fn health_echo(addr: std::net::SocketAddr, node: String) {
+    use tokio::io::AsyncWriteExt;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "health echo not started");
+            return;
+        }
+    };
+    loop {
+        if let Ok((mut conn, _)) = listener.accept().await {
+            let line = format!("weft {node}\n");
+            tokio::spawn(async move {
+                let _ = conn.write_all(line.as_bytes()).await;
+            });
+        }
+    }
+}
+
 /// This node's fixed facts plus the pieces that converge the node-level state.
 struct NodeSetup {
     cfg: RunConfig,
@@ -339,6 +382,16 @@ impl NodeSetup {
         }
         if let Err(e) = self.ensure_vtep(&mut nl) {
             problems.push(format!("vtep: {e}"));
+        }
+        // The pod bridge with its gateway addresses, before any pod: the node's pod gateway
+        // answers health probes from peers from the start.
+        let gateways: Vec<IpNet> = self
+            .pod_cidrs
+            .iter()
+            .filter_map(pod_gateway)
+            .collect();
+        if let Err(e) = weft_netops::bridge::ensure(&mut nl, &cfg.bridge, &gateways) {
+            problems.push(format!("bridge {}: {e}", cfg.bridge));
         }
         let fw_status = self.firewall.as_ref().map(|fw| {
             let mut st = fw.status(&self.policy);

@@ -429,3 +429,117 @@ pub fn trace(a: &TraceArgs) -> Result<(), String> {
         Err("the path is broken".into())
     }
 }
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Probe the peers (the only check there is; kept explicit like `cilium-health`).
+    #[arg(long)]
+    pub peers: bool,
+    #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:9946")]
+    pub listen: SocketAddr,
+    #[arg(long, env = "WEFT_HEALTH_PORT", default_value_t = 9947)]
+    pub health_port: u16,
+    #[arg(long, value_parser = ["table", "json"], default_value = "table")]
+    pub output: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct PeerProbe {
+    pub peer: String,
+    pub path: String,
+    pub target: std::net::SocketAddr,
+    pub ok: bool,
+    pub rtt_ms: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// Connects to each peer's health echo on its pod gateway and reads its name back.
+pub fn probe_peer(target: std::net::SocketAddr, expect: &str) -> Result<f64, String> {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    s.read_to_string(&mut line).map_err(|e| e.to_string())?;
+    let rtt = start.elapsed().as_secs_f64() * 1000.0;
+    match line.trim().strip_prefix("weft ") {
+        Some(name) if name == expect => Ok(rtt),
+        _ => Err(format!("unexpected answer {:?}", line.trim())),
+    }
+}
+
+pub fn check(a: &CheckArgs) -> Result<(), String> {
+    if !a.peers {
+        return Err("nothing to check: pass --peers".into());
+    }
+    let (code, body) = http::get_blocking(a.listen, "/status")
+        .map_err(|e| format!("cannot reach weftd on {}: {e}", a.listen))?;
+    if code != 200 {
+        return Err(format!("weftd answered {code}"));
+    }
+    let s: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    let mut probes = Vec::new();
+    for p in s["last_reconcile"]["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let name = p["name"].as_str().unwrap_or("?").to_string();
+        let path = p["path"].as_str().unwrap_or("?").to_string();
+        for cidr in p["pod_cidrs"].as_array().into_iter().flatten() {
+            let Some(gw) = cidr
+                .as_str()
+                .and_then(|c| c.parse().ok())
+                .as_ref()
+                .and_then(crate::agent::pod_gateway)
+            else {
+                continue;
+            };
+            let target = std::net::SocketAddr::new(gw.addr(), a.health_port);
+            let (ok, rtt_ms, error) = match probe_peer(target, &name) {
+                Ok(rtt) => (true, Some(rtt), None),
+                Err(e) => (false, None, Some(e)),
+            };
+            probes.push(PeerProbe {
+                peer: name.clone(),
+                path: path.clone(),
+                target,
+                ok,
+                rtt_ms,
+                error,
+            });
+        }
+    }
+    if a.output == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&probes).expect("serializes")
+        );
+    } else {
+        println!(
+            "{:<16} {:<8} {:<28} {:<6} RTT",
+            "PEER", "PATH", "TARGET", "OK"
+        );
+        for p in &probes {
+            println!(
+                "{:<16} {:<8} {:<28} {:<6} {}",
+                p.peer,
+                p.path,
+                p.target.to_string(),
+                if p.ok { "yes" } else { "NO" },
+                p.rtt_ms
+                    .map(|r| format!("{r:.2} ms"))
+                    .or(p.error.clone())
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let failed = probes.iter().filter(|p| !p.ok).count();
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{failed} of {} peer probes failed", probes.len()))
+    }
+}

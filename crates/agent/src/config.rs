@@ -145,6 +145,10 @@ pub struct RunConfig {
     /// Address of /healthz, /readyz, /metrics and /status.
     #[arg(long, env = "WEFT_LISTEN", default_value = "127.0.0.1:9946")]
     pub listen: SocketAddr,
+    /// TCP port of the health echo on this node's pod gateway address (what `weftd check
+    /// --peers` on other nodes probes through the pod network); 0 turns it off.
+    #[arg(long, env = "WEFT_HEALTH_PORT", default_value_t = 9947)]
+    pub health_port: u16,
     /// Full resync period: compare desired with the kernel's actual state.
     #[arg(long, env = "WEFT_RESYNC_INTERVAL", value_parser = parse_duration, default_value = "10s")]
     pub resync_interval: Duration,

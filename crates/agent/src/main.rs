@@ -31,6 +31,8 @@ enum Cmd {
         #[arg(long, value_parser = ["table", "json"], default_value = "table")]
         output: String,
     },
+    /// Probe every peer node through the pod network (its pod gateway's health echo).
+    Check(cli::CheckArgs),
     /// Follow a packet from SRC to DST through this node's kernel, hop by hop.
     Trace(cli::TraceArgs),
     /// Remove everything weft made on this node (routes, VXLAN device, rules, bridge and pod
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         }
         Cmd::Status { listen, output } => cli::status(listen, output == "json"),
         Cmd::Trace(args) => cli::trace(&args),
+        Cmd::Check(args) => cli::check(&args),
         Cmd::Cleanup(args) => cli::cleanup(&args),
         Cmd::Install(args) => cli::install(&args),
         Cmd::Uninstall { install, cleanup } => {

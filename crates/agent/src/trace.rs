@@ -220,6 +220,13 @@ pub fn trace(
         .map(|g| format!(" via {g}"))
         .unwrap_or_default();
     let dst_cluster = in_cluster(ctx, dst);
+    // `route get` answers do not carry the route's protocol: find the table entry it used.
+    let weft_route = nl
+        .list_routes(None, Some(254))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.protocol == RTPROT_WEFT && r.dst.contains(&dst))
+        .max_by_key(|r| r.dst.prefix_len());
 
     if bridge.is_some_and(|b| b.index == oif) {
         t.hop(
@@ -324,10 +331,10 @@ pub fn trace(
         );
         t.hop("next node", peer_name(ctx, remote), true);
         t.next_node = Some(remote);
-    } else if route.protocol == RTPROT_WEFT {
+    } else if let Some(w) = weft_route.filter(|w| w.gateway == route.gateway) {
         t.hop(
             "route",
-            format!("{dst}{via} dev {out_name} (weft host-gw route)"),
+            format!("{dst}{via} dev {out_name} (weft host-gw route {})", w.dst),
             true,
         );
         if let Some(g) = route.gateway {

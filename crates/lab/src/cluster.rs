@@ -19,7 +19,7 @@ use crate::ns::{enter_command, Netns};
 use crate::plugin::PluginRunner;
 use crate::probe;
 use crate::registry;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{json, Map, Value};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
@@ -144,6 +144,10 @@ pub struct LabConfig {
     /// The cluster network and the per-node subnet length.
     pub network: Ipv4Net,
     pub subnet_len: u8,
+    /// A dual-stack pod network: the IPv6 cluster network and its per-node subnet length
+    /// (etcd: `init-etcd --ipv6-network`; static: a second pod CIDR per node).
+    pub ipv6_network: Option<Ipv6Net>,
+    pub ipv6_subnet_len: u8,
     pub underlay_mtu: u32,
     /// Where `weft` and `weftd` are; default: see [`find_bin_dir`].
     pub bin_dir: Option<PathBuf>,
@@ -151,6 +155,8 @@ pub struct LabConfig {
     pub keep: bool,
     pub ready_timeout: Duration,
     pub resync_interval: String,
+    /// `weftd run --etcd-lease-ttl`: how long a dead node's key outlives it.
+    pub etcd_lease_ttl: String,
     /// Extra arguments for every `weftd run`.
     pub agent_args: Vec<String>,
 }
@@ -165,11 +171,14 @@ impl Default for LabConfig {
             firewall: "auto".into(),
             network: net(10, 244, 0, 0, 16),
             subnet_len: 24,
+            ipv6_network: None,
+            ipv6_subnet_len: 64,
             underlay_mtu: 1500,
             bin_dir: None,
             keep: false,
             ready_timeout: Duration::from_secs(60),
             resync_interval: "5s".into(),
+            etcd_lease_ttl: "30s".into(),
             agent_args: Vec::new(),
         }
     }
@@ -252,6 +261,10 @@ impl Node {
     pub fn static_pod_cidr(&self, network: Ipv4Net, subnet_len: u8) -> Option<Ipv4Net> {
         network.subnets(subnet_len).ok()?.nth(self.index as usize)
     }
+    /// The IPv6 pod CIDR the static datastore gives this node (same index as the IPv4 one).
+    pub fn static_pod_cidr_v6(&self, network: Ipv6Net, subnet_len: u8) -> Option<Ipv6Net> {
+        network.subnets(subnet_len).ok()?.nth(self.index as usize)
+    }
     /// VTEP MAC written for this node in the static file.
     pub fn static_vtep_mac(&self) -> String {
         format!(
@@ -278,6 +291,9 @@ pub struct Pod {
 impl Pod {
     pub fn ipv4(&self) -> Option<IpAddr> {
         self.ips.iter().copied().find(IpAddr::is_ipv4)
+    }
+    pub fn ipv6(&self) -> Option<IpAddr> {
+        self.ips.iter().copied().find(IpAddr::is_ipv6)
     }
     pub fn ns(&self) -> &NetNs {
         self.netns.handle()
@@ -611,6 +627,64 @@ impl Cluster {
 
     /// Starts the datastore and one weftd per node; waits for every /readyz and conflist.
     pub fn start_agents(&mut self) -> Result<(), LabError> {
+        let weftd = self.weftd_path()?;
+        let etcd_url = etcd_url();
+        let static_file = self.static_file_path();
+        match self.config.datastore {
+            DatastoreKind::None => return Ok(()),
+            DatastoreKind::Etcd => {
+                self.start_etcd()?;
+                self.init_etcd(&weftd, &etcd_url)?;
+            }
+            DatastoreKind::Static => self.write_static_file(&static_file)?,
+        }
+        for i in 0..self.nodes.len() {
+            self.spawn_agent(i, &weftd)?;
+        }
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        for name in names {
+            self.wait_agent_ready(&name)?;
+        }
+        self.wait_converged()
+    }
+
+    /// Waits until every agent has reconciled with every other node as a peer. Ready agents
+    /// may not have heard of the nodes that registered after them yet.
+    pub fn wait_converged(&self) -> Result<(), LabError> {
+        let want = self.nodes.len() - 1;
+        let deadline = Instant::now() + self.config.ready_timeout;
+        for node in &self.nodes {
+            loop {
+                let status =
+                    probe::http_get(node.ns(), AGENT_LISTEN, "/status", Duration::from_secs(1));
+                let last = match &status {
+                    Ok((200, body)) => {
+                        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+                        let peers = v["last_reconcile"]["peers"].as_array().map(Vec::len);
+                        if peers == Some(want) {
+                            break;
+                        }
+                        format!("reconciled with {peers:?} peers, want {want}")
+                    }
+                    Ok((code, body)) => format!("/status answered {code}: {}", body.trim()),
+                    Err(e) => format!("/status: {e}"),
+                };
+                if Instant::now() > deadline {
+                    return Err(LabError::Setup(format!(
+                        "weftd on {} not converged after {:?}: {last}\n--- last lines of {} ---\n{}",
+                        node.name,
+                        self.config.ready_timeout,
+                        node.log_path().display(),
+                        log_tail(&node.log_path(), 20)
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    fn weftd_path(&self) -> Result<PathBuf, LabError> {
         let weftd = match &self.config.bin_dir {
             Some(d) => d.join("weftd"),
             None => find_bin_dir(&["weft", "weftd"])?.join("weftd"),
@@ -621,71 +695,179 @@ impl Cluster {
                 searched: vec![self.bin_dir.clone()],
             });
         }
-        let etcd_url = format!("http://{ETCD_IP}:{ETCD_PORT}");
-        let static_file = self.dir.join("nodes.json");
-        match self.config.datastore {
-            DatastoreKind::None => return Ok(()),
-            DatastoreKind::Etcd => {
-                self.start_etcd()?;
-                self.init_etcd(&weftd, &etcd_url)?;
-            }
-            DatastoreKind::Static => self.write_static_file(&static_file)?,
-        }
-        for i in 0..self.nodes.len() {
-            let node = &self.nodes[i];
-            let args: Vec<String> = [
-                "run",
-                "--node-name",
-                &node.name,
-                "--datastore",
-                self.config.datastore.as_str(),
-                "--etcd-endpoints",
-                &etcd_url,
-                "--etcd-prefix",
-                ETCD_PREFIX,
-                "--etcd-lease-ttl",
-                "30",
-                "--static-file",
-                &static_file.display().to_string(),
-                "--backend",
-                &self.config.backend,
-                "--firewall",
-                &self.config.firewall,
-                "--underlay-interface",
-                "eth0",
-                "--cni-conf-dir",
-                &node.cni_conf_dir().display().to_string(),
-                "--cni-bin-dir",
-                &self.bin_dir.display().to_string(),
-                "--ipam-data-dir",
-                &node.ipam_dir().display().to_string(),
-                "--state-dir",
-                &node.state_dir().display().to_string(),
-                "--listen",
-                &AGENT_LISTEN.to_string(),
-                "--resync-interval",
-                &self.config.resync_interval,
-                "--log-format",
-                "json",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(self.config.agent_args.iter().cloned())
-            .collect();
-            let proc = self.spawn(
-                &format!("weftd on {}", node.name),
-                node.ns(),
-                &weftd,
-                &args,
-                &node.log_path(),
-            )?;
-            self.procs.push(proc);
-        }
-        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
-        for name in names {
-            self.wait_agent_ready(&name)?;
-        }
+        Ok(weftd)
+    }
+
+    fn static_file_path(&self) -> PathBuf {
+        self.dir.join("nodes.json")
+    }
+
+    /// The `weftd run` arguments of node `i` (the same on every start of its agent).
+    fn agent_args(&self, i: usize) -> Vec<String> {
+        let node = &self.nodes[i];
+        [
+            "run",
+            "--node-name",
+            &node.name,
+            "--datastore",
+            self.config.datastore.as_str(),
+            "--etcd-endpoints",
+            &etcd_url(),
+            "--etcd-prefix",
+            ETCD_PREFIX,
+            "--etcd-lease-ttl",
+            &self.config.etcd_lease_ttl,
+            "--static-file",
+            &self.static_file_path().display().to_string(),
+            "--backend",
+            &self.config.backend,
+            "--firewall",
+            &self.config.firewall,
+            "--underlay-interface",
+            "eth0",
+            "--cni-conf-dir",
+            &node.cni_conf_dir().display().to_string(),
+            "--cni-bin-dir",
+            &self.bin_dir.display().to_string(),
+            "--ipam-data-dir",
+            &node.ipam_dir().display().to_string(),
+            "--state-dir",
+            &node.state_dir().display().to_string(),
+            "--plugin-events-dir",
+            &node.dir.join("plugin-events").display().to_string(),
+            "--listen",
+            &AGENT_LISTEN.to_string(),
+            "--resync-interval",
+            &self.config.resync_interval,
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(self.config.agent_args.iter().cloned())
+        .collect()
+    }
+
+    fn spawn_agent(&mut self, i: usize, weftd: &Path) -> Result<(), LabError> {
+        let args = self.agent_args(i);
+        let node = &self.nodes[i];
+        let proc = self.spawn(
+            &agent_what(&node.name),
+            node.ns(),
+            weftd,
+            &args,
+            &node.log_path(),
+        )?;
+        self.procs.push(proc);
         Ok(())
+    }
+
+    /// Whether `node`'s weftd is running (started and not exited).
+    pub fn agent_running(&mut self, node: &str) -> bool {
+        let what = agent_what(node);
+        self.procs
+            .iter_mut()
+            .any(|p| p.what == what && p.exited().is_none())
+    }
+
+    /// Stops `node`'s weftd with `signal` (SIGTERM: a clean stop; SIGKILL: a crash) and waits
+    /// until it is gone (SIGKILL after 5 s). Kernel state and etcd key stay as the agent leaves
+    /// them.
+    pub fn stop_agent(&mut self, node: &str, signal: i32) -> Result<(), LabError> {
+        self.node_or_err(node)?;
+        let what = agent_what(node);
+        let i = self
+            .procs
+            .iter()
+            .position(|p| p.what == what)
+            .ok_or_else(|| LabError::Setup(format!("no weftd running on {node}")))?;
+        let mut p = self.procs.remove(i);
+        // SAFETY: plain kill(2) on our own child (not yet reaped, so the pid is still ours).
+        unsafe { libc::kill(p.pid() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        Ok(())
+    }
+
+    /// Starts `node`'s weftd again with the arguments of its first start and waits until it is
+    /// ready.
+    pub fn start_agent(&mut self, node: &str) -> Result<(), LabError> {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .ok_or_else(|| LabError::Setup(format!("no node {node} in lab {}", self.id)))?;
+        if self.agent_running(node) {
+            return Err(LabError::Setup(format!("weftd on {node} is running already")));
+        }
+        let weftd = self.weftd_path()?;
+        self.spawn_agent(i, &weftd)?;
+        self.wait_agent_ready(node)
+    }
+
+    /// [`Cluster::stop_agent`] with `signal`, then [`Cluster::start_agent`].
+    pub fn restart_agent(&mut self, node: &str, signal: i32) -> Result<(), LabError> {
+        self.stop_agent(node, signal)?;
+        self.start_agent(node)
+    }
+
+    /// `etcdctl` against the lab's etcd (run inside the underlay netns); its stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String, LabError> {
+        let out = self
+            .underlay
+            .command("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=http://127.0.0.1:{ETCD_PORT}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_err("run etcdctl", Path::new("etcdctl")))?;
+        if !out.status.success() {
+            return Err(LabError::Setup(format!(
+                "etcdctl {args:?}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The node records under `<prefix>/subnets/`: (key, record JSON).
+    pub fn etcd_subnets(&self) -> Result<Vec<(String, Value)>, LabError> {
+        let from = format!("{ETCD_PREFIX}/subnets/");
+        let text = self.etcdctl(&["get", "--prefix", &from])?;
+        // etcdctl prints each key on one line and its value on the next.
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        Ok(lines
+            .chunks(2)
+            .filter(|kv| kv.len() == 2)
+            .map(|kv| {
+                let value = serde_json::from_str(kv[1]).unwrap_or(Value::Null);
+                (kv[0].to_string(), value)
+            })
+            .collect())
+    }
+
+    /// Deletes `node`'s subnet key from etcd (a node removed from the cluster); returns the key.
+    pub fn etcd_delete_node(&self, node: &str) -> Result<String, LabError> {
+        let key = self
+            .etcd_subnets()?
+            .into_iter()
+            .find(|(_, v)| v["name"] == node)
+            .map(|(k, _)| k)
+            .ok_or_else(|| LabError::Setup(format!("no etcd subnet key holds node {node}")))?;
+        let deleted = self.etcdctl(&["del", &key])?;
+        if deleted.trim() != "1" {
+            return Err(LabError::Setup(format!(
+                "etcdctl del {key} deleted {:?} keys",
+                deleted.trim()
+            )));
+        }
+        Ok(key)
     }
 
     fn start_etcd(&mut self) -> Result<(), LabError> {
@@ -743,7 +925,7 @@ impl Cluster {
     fn init_etcd(&self, weftd: &Path, url: &str) -> Result<(), LabError> {
         let node = &self.nodes[0];
         let log = self.dir.join("init-etcd.log");
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "init-etcd",
             "--etcd-endpoints",
             url,
@@ -757,6 +939,14 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(v6) = self.config.ipv6_network {
+            args.extend([
+                "--ipv6-network".to_string(),
+                v6.to_string(),
+                "--ipv6-subnet-len".to_string(),
+                self.config.ipv6_subnet_len.to_string(),
+            ]);
+        }
         let mut p = self.spawn("weftd init-etcd", node.ns(), weftd, &args, &log)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -779,18 +969,24 @@ impl Cluster {
             .nodes
             .iter()
             .map(|n| {
-                let cidr = n
+                let v4 = n
                     .static_pod_cidr(self.config.network, self.config.subnet_len)
                     .map(|c| c.to_string());
+                let v6 = self.config.ipv6_network.and_then(|net| {
+                    n.static_pod_cidr_v6(net, self.config.ipv6_subnet_len)
+                        .map(|c| c.to_string())
+                });
                 json!({
                     "name": n.name,
                     "underlayIp": n.underlay_ip.to_string(),
-                    "podCidrs": cidr.into_iter().collect::<Vec<_>>(),
+                    "podCidrs": v4.into_iter().chain(v6).collect::<Vec<_>>(),
                     "vtepMac": n.static_vtep_mac(),
                 })
             })
             .collect();
-        let doc = json!({ "clusterCIDRs": [self.config.network.to_string()], "nodes": nodes });
+        let mut cluster_cidrs = vec![self.config.network.to_string()];
+        cluster_cidrs.extend(self.config.ipv6_network.map(|n| n.to_string()));
+        let doc = json!({ "clusterCIDRs": cluster_cidrs, "nodes": nodes });
         std::fs::write(path, serde_json::to_vec_pretty(&doc).unwrap())
             .map_err(io_err("write static node file", path))
     }
@@ -801,7 +997,7 @@ impl Cluster {
         let pi = self
             .procs
             .iter()
-            .position(|p| p.what == format!("weftd on {node_name}"))
+            .position(|p| p.what == agent_what(node_name))
             .unwrap();
         loop {
             let node = &self.nodes[ni];
@@ -943,6 +1139,14 @@ impl Cluster {
             pids: self.procs.iter().map(Proc::pid).collect(),
         }
     }
+}
+
+fn etcd_url() -> String {
+    format!("http://{ETCD_IP}:{ETCD_PORT}")
+}
+
+fn agent_what(node: &str) -> String {
+    format!("weftd on {node}")
 }
 
 fn process_err(p: &Proc, detail: String) -> LabError {

@@ -14,6 +14,7 @@ pub mod matrix;
 pub mod ns;
 pub mod plugin;
 pub mod probe;
+pub mod trace;
 pub mod registry;
 
 pub use cluster::{Cluster, DatastoreKind, LabConfig, LabError, Node, Pod};

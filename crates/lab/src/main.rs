@@ -37,6 +37,14 @@ enum Cmd {
     },
     /// List the labs present on this machine.
     List,
+    /// Follow a packet through a running lab, hop by hop, on every node it crosses.
+    Trace {
+        #[arg(long)]
+        id: String,
+        /// Pod name (n1-p1), node name (n1), `world`, or an address.
+        src: String,
+        dst: String,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -237,6 +245,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Trace { id, src, dst } => {
+            match weft_lab::trace::bin_dir().and_then(|b| weft_lab::trace::trace(&id, &src, &dst, &b)) {
+                Ok((text, whole)) => {
+                    print!("{text}");
+                    if whole {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("weft-lab: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::List => {
             for id in registry::list_labs() {
                 let ns = registry::netns_of(&id);

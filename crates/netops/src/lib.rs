@@ -33,6 +33,7 @@
 //! "add route 10.1.0.0/24 via 10.0.0.2: File exists (os error 17)", and
 //! answer `is_exists()` / `is_not_found()`.
 
+pub mod bridge;
 pub mod error;
 pub mod netlink;
 pub mod netns;

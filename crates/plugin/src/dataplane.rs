@@ -28,53 +28,24 @@ pub fn gateway_net(a: &Assigned) -> Option<IpNet> {
         .map(|gw| IpNet::new(gw, a.address.prefix_len()).expect("prefix length of a valid net"))
 }
 
-/// Makes sure the bridge exists, is up and (as gateway) carries each range's gateway address.
-/// Concurrent ADDs race here, so "already exists" is success.
+/// Makes sure the bridge exists, is up and (as gateway) carries each range's gateway address,
+/// with forwarding on.
 pub fn ensure_bridge(
     nl: &mut Netlink,
     conf: &Config,
     assigned: &[Assigned],
 ) -> Result<Link, CniError> {
-    let bridge = match nl.get_link_by_name(&conf.bridge).map_err(nl_error)? {
-        Some(link) => link,
-        None => {
-            if let Err(e) = nl.create_bridge(&conf.bridge, None) {
-                if !e.is_exists() {
-                    return Err(nl_error(e));
-                }
-            }
-            nl.get_link_by_name(&conf.bridge)
-                .map_err(nl_error)?
-                .ok_or_else(|| {
-                    nl_error(format!("bridge {} vanished after creation", conf.bridge))
-                })?
-        }
+    let gateways: Vec<IpNet> = if conf.is_gateway {
+        assigned.iter().filter_map(gateway_net).collect()
+    } else {
+        Vec::new()
     };
-    if bridge.kind.as_deref() != Some("bridge") {
-        return Err(CniError::new(
-            error::INVALID_CONFIG,
-            format!(
-                "bridge {:?}: an interface of that name exists and is not a bridge (kind {:?})",
-                conf.bridge, bridge.kind
-            ),
-        ));
-    }
+    let bridge = weft_netops::bridge::ensure(nl, &conf.bridge, &gateways).map_err(|e| match e {
+        weft_netops::Error::Invalid(msg) => CniError::new(error::INVALID_CONFIG, msg),
+        e => nl_error(e),
+    })?;
     if conf.is_gateway {
-        let have = nl.list_addresses(Some(bridge.index)).map_err(nl_error)?;
-        for gw in assigned.iter().filter_map(gateway_net) {
-            if have.iter().any(|(_, a)| *a == gw) {
-                continue;
-            }
-            if let Err(e) = nl.add_address(bridge.index, gw, true) {
-                if !e.is_exists() {
-                    return Err(nl_error(e));
-                }
-            }
-        }
         enable_forwarding(assigned)?;
-    }
-    if !bridge.up {
-        nl.set_link_up(bridge.index).map_err(nl_error)?;
     }
     Ok(bridge)
 }
