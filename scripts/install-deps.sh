@@ -6,8 +6,10 @@ PACKAGES=(
   etcd-server etcd-client      # the etcd datastore, for real
   iproute2                     # only for humans inspecting a kept lab (`ip netns`); code uses netlink
   iputils-ping iperf3          # probes and the datapath benchmark
+  ethtool                      # the datapath benchmark reads VXLAN offloads (ethtool -k)
   nftables iptables            # both firewall drivers
   protobuf-compiler            # etcd-client generates its gRPC code at build time
+  containerd runc              # tests/containerd.rs: a real runtime driving weft through the CRI
   hyperfine busybox-static tcpdump procps
 )
 missing=()
