@@ -802,7 +802,9 @@ impl Cluster {
             .position(|n| n.name == node)
             .ok_or_else(|| LabError::Setup(format!("no node {node} in lab {}", self.id)))?;
         if self.agent_running(node) {
-            return Err(LabError::Setup(format!("weftd on {node} is running already")));
+            return Err(LabError::Setup(format!(
+                "weftd on {node} is running already"
+            )));
         }
         let weftd = self.weftd_path()?;
         self.spawn_agent(i, &weftd)?;

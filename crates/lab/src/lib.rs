@@ -14,8 +14,8 @@ pub mod matrix;
 pub mod ns;
 pub mod plugin;
 pub mod probe;
-pub mod trace;
 pub mod registry;
+pub mod trace;
 
 pub use cluster::{Cluster, DatastoreKind, LabConfig, LabError, Node, Pod};
 pub use conflist::{Attachment, ConfList, ConfListError};

@@ -246,7 +246,9 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Trace { id, src, dst } => {
-            match weft_lab::trace::bin_dir().and_then(|b| weft_lab::trace::trace(&id, &src, &dst, &b)) {
+            match weft_lab::trace::bin_dir()
+                .and_then(|b| weft_lab::trace::trace(&id, &src, &dst, &b))
+            {
                 Ok((text, whole)) => {
                     print!("{text}");
                     if whole {
