@@ -286,6 +286,9 @@ pub struct Pod {
     /// The conflist's final ADD result (used as prevResult for DEL).
     pub result: Value,
     pub conflist: ConfList,
+    /// The runtimeConfig capabilities given at ADD (e.g. portMappings): a runtime passes them
+    /// again on DEL, or portmap cannot find its rules.
+    pub capability_args: Map<String, Value>,
 }
 
 impl Pod {
@@ -1100,6 +1103,7 @@ impl Cluster {
             container_id,
             result,
             conflist: list.clone(),
+            capability_args: att.capability_args.clone(),
         };
         self.pods.push(pod.clone());
         Ok(pod)
@@ -1115,7 +1119,9 @@ impl Cluster {
         let pod = self.pods.remove(i);
         let node = self.node_or_err(&pod.node)?;
         let runner = PluginRunner::new(&self.bin_dir, node.ns());
-        let att = Attachment::for_pod(&pod.container_id, &pod.netns.path(), "default", &pod.name);
+        let mut att =
+            Attachment::for_pod(&pod.container_id, &pod.netns.path(), "default", &pod.name);
+        att.capability_args = pod.capability_args.clone();
         conflist::del(&runner, &pod.conflist, &att, Some(&pod.result)).map_err(|source| {
             LabError::Pod {
                 pod: pod.name.clone(),
