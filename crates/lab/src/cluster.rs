@@ -796,6 +796,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Stops etcd (SIGKILL: an outage, not a shutdown). Its data dir stays.
+    pub fn stop_etcd(&mut self) -> Result<(), LabError> {
+        let i = self
+            .procs
+            .iter()
+            .position(|p| p.what == "etcd")
+            .ok_or_else(|| LabError::Setup("etcd is not running".into()))?;
+        let mut p = self.procs.remove(i);
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        Ok(())
+    }
+
     /// Starts `node`'s weftd again with the arguments of its first start and waits until it is
     /// ready.
     pub fn start_agent(&mut self, node: &str) -> Result<(), LabError> {
@@ -875,7 +888,8 @@ impl Cluster {
         Ok(key)
     }
 
-    fn start_etcd(&mut self) -> Result<(), LabError> {
+    /// Starts etcd (again: its data dir is kept, so a restart resumes the same cluster).
+    pub fn start_etcd(&mut self) -> Result<(), LabError> {
         let data = self.dir.join("etcd");
         let peer = "http://127.0.0.1:2380";
         let args: Vec<String> = vec![
