@@ -385,11 +385,7 @@ impl NodeSetup {
         }
         // The pod bridge with its gateway addresses, before any pod: the node's pod gateway
         // answers health probes from peers from the start.
-        let gateways: Vec<IpNet> = self
-            .pod_cidrs
-            .iter()
-            .filter_map(pod_gateway)
-            .collect();
+        let gateways: Vec<IpNet> = self.pod_cidrs.iter().filter_map(pod_gateway).collect();
         if let Err(e) = weft_netops::bridge::ensure(&mut nl, &cfg.bridge, &gateways) {
             problems.push(format!("bridge {}: {e}", cfg.bridge));
         }
