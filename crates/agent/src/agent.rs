@@ -117,8 +117,8 @@ fn build_datastore(cfg: &RunConfig) -> Result<Datastore, String> {
         }
         DatastoreKind::Etcd => Datastore::Etcd(datastore::etcd::EtcdStore::new(
             datastore::etcd::EtcdConfig {
-                endpoints: cfg.etcd_endpoints.clone(),
-                prefix: cfg.etcd_prefix.clone(),
+                endpoints: cfg.etcd.etcd_endpoints.clone(),
+                prefix: cfg.etcd.etcd_prefix.clone(),
                 lease_ttl: cfg.etcd_lease_ttl,
                 state_dir: cfg.state_dir.clone(),
             },

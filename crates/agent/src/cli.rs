@@ -11,15 +11,8 @@ use weft_netops::Netlink;
 
 #[derive(Debug, Clone, Args)]
 pub struct InitEtcd {
-    #[arg(
-        long,
-        env = "WEFT_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
-    pub etcd_endpoints: Vec<String>,
-    #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = "/weft/network")]
-    pub etcd_prefix: String,
+    #[command(flatten)]
+    pub etcd: crate::config::EtcdArgs,
     /// The cluster's IPv4 pod network.
     #[arg(long)]
     pub network: IpNet,
@@ -39,7 +32,7 @@ pub async fn init_etcd(a: InitEtcd) -> Result<(), String> {
         ipv6_network: a.ipv6_network,
         ipv6_subnet_len: a.ipv6_subnet_len,
     };
-    etcd::write_cluster_config(&a.etcd_endpoints, &a.etcd_prefix, &cfg)
+    etcd::write_cluster_config(&a.etcd.etcd_endpoints, &a.etcd.etcd_prefix, &cfg)
         .await
         .map_err(|e| e.to_string())
 }

@@ -58,15 +58,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Where etcd is (the `etcd` datastore, and `weftd init-etcd`).
 #[derive(Debug, Clone, Args)]
-pub struct RunConfig {
-    /// This node's name (Kubernetes Node name; key in etcd/static datastores).
-    #[arg(long, env = "WEFT_NODE_NAME")]
-    pub node_name: String,
-
-    #[arg(long, env = "WEFT_DATASTORE", value_enum, default_value = "kubernetes")]
-    pub datastore: DatastoreKind,
-
+pub struct EtcdArgs {
     /// etcd client URLs, comma-separated.
     #[arg(
         long,
@@ -77,6 +71,19 @@ pub struct RunConfig {
     pub etcd_endpoints: Vec<String>,
     #[arg(long, env = "WEFT_ETCD_PREFIX", default_value = "/weft/network")]
     pub etcd_prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunConfig {
+    /// This node's name (Kubernetes Node name; key in etcd/static datastores).
+    #[arg(long, env = "WEFT_NODE_NAME")]
+    pub node_name: String,
+
+    #[arg(long, env = "WEFT_DATASTORE", value_enum, default_value = "kubernetes")]
+    pub datastore: DatastoreKind,
+
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// TTL of this node's subnet lease; it is kept alive while weftd runs.
     #[arg(long, env = "WEFT_ETCD_LEASE_TTL", value_parser = parse_duration, default_value = "60s")]
     pub etcd_lease_ttl: Duration,
