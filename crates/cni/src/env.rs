@@ -119,11 +119,19 @@ impl Env {
         }
         let path = match command {
             Command::Version => Vec::new(),
-            _ => require("CNI_PATH")?
-                .split(':')
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from)
-                .collect(),
+            _ => {
+                let raw = require("CNI_PATH")?;
+                let dirs: Vec<PathBuf> = raw
+                    .split(':')
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .collect();
+                // ":" is as unset as "" (fuzzing found it accepted as an empty list).
+                if dirs.is_empty() {
+                    return Err(invalid_env(format!("CNI_PATH {raw:?} names no directory")));
+                }
+                dirs
+            }
         };
         let args = CniArgs::parse(&get("CNI_ARGS").unwrap_or_default())
             .map_err(|e| invalid_env(format!("CNI_ARGS: {e}")))?;
@@ -192,6 +200,9 @@ mod tests {
             (vec![("CNI_IFNAME", "et h0")], "contains"),
             (vec![("CNI_IFNAME", "eth:0")], "contains"),
             (vec![("CNI_PATH", "<unset>")], "CNI_PATH"),
+            // Fuzzing regression: a CNI_PATH of only separators named no directory.
+            (vec![("CNI_PATH", ":")], "names no directory"),
+            (vec![("CNI_PATH", ":::")], "CNI_PATH"),
             (vec![("CNI_ARGS", "FOO")], "CNI_ARGS"),
         ] {
             let err = env(&with(&over)).unwrap_err();

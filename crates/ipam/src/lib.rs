@@ -52,6 +52,6 @@ pub use config::{
 };
 pub use error::{ErrorKind, IpamError, Result};
 pub use store::{
-    Allocation, Attachment, GcReport, PendingSync, RangeUsage, Store, LAST_RESERVED_PREFIX,
-    LOCK_FILE, TEMP_PREFIX,
+    parse_reservation, Allocation, Attachment, GcReport, PendingSync, RangeUsage, Store,
+    LAST_RESERVED_PREFIX, LOCK_FILE, TEMP_PREFIX,
 };

@@ -750,25 +750,31 @@ fn read_owner(dir: &File, name: &str, path: &Path) -> Result<Attachment> {
     parse_owner(path, &buf[..len])
 }
 
-/// Parses host-local's reservation content: `containerID\r\nifname`.
-fn parse_owner(path: &Path, bytes: &[u8]) -> Result<Attachment> {
-    let corrupt = |detail: &str| IpamError::Corrupt {
-        path: path.to_path_buf(),
-        detail: detail.to_string(),
-    };
-    let text = std::str::from_utf8(bytes).map_err(|_| corrupt("not UTF-8"))?;
+/// Parses host-local's reservation content, `containerID\r\nifname`, into its owner. Pure
+/// (no I/O) so that it can be fuzzed; the store wraps the error in [`IpamError::Corrupt`].
+pub fn parse_reservation(bytes: &[u8]) -> std::result::Result<Attachment, String> {
+    const SHAPE: &str = "expected \"containerID\\r\\nifname\"";
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
     let text = text.trim();
     if text.is_empty() {
-        return Err(corrupt("empty file"));
+        return Err("empty file".into());
     }
-    let (id, ifname) = text
-        .split_once("\r\n")
-        .ok_or_else(|| corrupt("expected \"containerID\\r\\nifname\""))?;
+    let (id, ifname) = text.split_once("\r\n").ok_or(SHAPE)?;
     let (id, ifname) = (id.trim(), ifname.trim());
-    if id.is_empty() || ifname.contains(['\r', '\n']) {
-        return Err(corrupt("expected \"containerID\\r\\nifname\""));
+    // What check_attachment refuses to write is not a reservation either (fuzzing found
+    // "1\n1\r\n\0" taken for an owner).
+    let bad = |s: &str| s.contains(['\r', '\n', '\0']);
+    if id.is_empty() || bad(id) || bad(ifname) {
+        return Err(SHAPE.into());
     }
     Ok(Attachment::new(id, ifname))
+}
+
+fn parse_owner(path: &Path, bytes: &[u8]) -> Result<Attachment> {
+    parse_reservation(bytes).map_err(|detail| IpamError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    })
 }
 
 fn write_synced(path: &Path, content: &[u8]) -> Result<()> {
@@ -799,5 +805,41 @@ fn remove_if_present(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(IpamError::io("remove", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_reservation_reads_host_local_format() {
+        assert_eq!(
+            parse_reservation(b"abc\r\neth0"),
+            Ok(Attachment::new("abc", "eth0"))
+        );
+        assert_eq!(
+            parse_reservation(b" abc\r\neth0\n"),
+            Ok(Attachment::new("abc", "eth0"))
+        );
+        for bad in [&b""[..], b"  ", b"abc", b"\r\neth0", b"\xff\r\neth0"] {
+            assert!(parse_reservation(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Fuzzing regression (ipam_state): owners that `check_attachment` would never write,
+    /// with CR, LF or NUL inside, were accepted.
+    #[test]
+    fn parse_reservation_refuses_control_characters_in_owner() {
+        for bad in [
+            &b"1\n1\r\n\0"[..],
+            b"a\nb\r\neth0",
+            b"a\rb\r\neth0",
+            b"a\0b\r\neth0",
+            b"abc\r\neth\x000",
+            b"abc\r\neth0\r\nextra",
+        ] {
+            assert!(parse_reservation(bad).is_err(), "{bad:?}");
+        }
     }
 }
