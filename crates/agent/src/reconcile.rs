@@ -104,8 +104,12 @@ pub fn reconcile(nl: &mut Netlink, plans: &[PeerPlan], vtep: Option<u32>) -> Rep
         }
     }
     let mut l2_adds = Vec::new();
+    let have_fdb_keys: HashSet<([u8; 6], Option<IpAddr>)> =
+        have_fdb.iter().map(|h| (h.mac, h.dst)).collect();
+    let want_fdb_keys: HashSet<([u8; 6], Option<IpAddr>)> =
+        want_fdb.iter().map(|w| (w.mac, w.dst)).collect();
     for f in &want_fdb {
-        if !have_fdb.iter().any(|h| h.mac == f.mac && h.dst == f.dst) {
+        if !have_fdb_keys.contains(&(f.mac, f.dst)) {
             l2_adds.push(Request::ReplaceFdb((*f).clone()));
         }
     }
@@ -128,7 +132,7 @@ pub fn reconcile(nl: &mut Netlink, plans: &[PeerPlan], vtep: Option<u32>) -> Rep
         }
     }
     for f in &have_fdb {
-        if !want_fdb.iter().any(|w| w.mac == f.mac && w.dst == f.dst) {
+        if !want_fdb_keys.contains(&(f.mac, f.dst)) {
             l2_dels.push(Request::DelFdb((*f).clone()));
         }
     }
@@ -157,7 +161,7 @@ pub fn reconcile(nl: &mut Netlink, plans: &[PeerPlan], vtep: Option<u32>) -> Rep
         }
     }
 
-    let ok = |req: Request| !failed.contains(&req.describe());
+    let ok = |req: Request| failed.is_empty() || !failed.contains(&req.describe());
     for p in plans {
         let routes_ok = p
             .routes

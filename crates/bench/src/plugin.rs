@@ -203,14 +203,25 @@ pub fn run(opts: &Options) -> Vec<Row> {
     rows
 }
 
+fn mm(s: &Summary) -> String {
+    format!("{:.1}-{:.1}", s.min_ms, s.max_ms)
+}
+
 pub fn print(rows: &[Row], opts: &Options) {
     println!(
         "suite plugin: {} sequential ADD+DEL per implementation in {} interleaved rounds; parallel {:?}",
         opts.ops, opts.rounds, opts.parallel
     );
     print!(
-        "{:<18} {:<6} {:>9} {:>9} {:>9} {:>9}",
-        "implementation", "ipMasq", "ADD p50", "ADD p99", "DEL p50", "DEL p99"
+        "{:<18} {:<6} {:>9} {:>9} {:>11} {:>9} {:>9} {:>11}",
+        "implementation",
+        "ipMasq",
+        "ADD p50",
+        "ADD p99",
+        "ADD min-max",
+        "DEL p50",
+        "DEL p99",
+        "DEL min-max"
     );
     for p in &opts.parallel {
         print!(" {:>11} {:>11}", format!("ADD x{p}"), format!("DEL x{p}"));
@@ -218,13 +229,15 @@ pub fn print(rows: &[Row], opts: &Options) {
     println!("   (ms; parallel = wall time, median of rounds)");
     for r in rows {
         print!(
-            "{:<18} {:<6} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<18} {:<6} {:>9.2} {:>9.2} {:>11} {:>9.2} {:>9.2} {:>11}",
             r.implementation,
             if r.ip_masq { "on" } else { "off" },
             r.add.median_ms,
             r.add.p99_ms,
+            mm(&r.add),
             r.del.median_ms,
-            r.del.p99_ms
+            r.del.p99_ms,
+            mm(&r.del)
         );
         for (a, d) in r.parallel_add_wall_ms.iter().zip(&r.parallel_del_wall_ms) {
             print!(" {:>11.1} {:>11.1}", a.1.median_ms, d.1.median_ms);
@@ -238,13 +251,15 @@ pub fn print(rows: &[Row], opts: &Options) {
         };
         if let (Some(w), Some(r)) = (find("weft"), find("bridge+host-local")) {
             print!(
-                "{:<18} {:<6} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                "{:<18} {:<6} {:>9.2} {:>9.2} {:>11} {:>9.2} {:>9.2} {:>11}",
                 "ratio weft/ref",
                 if ip_masq { "on" } else { "off" },
                 w.add.median_ms / r.add.median_ms,
                 w.add.p99_ms / r.add.p99_ms,
+                "",
                 w.del.median_ms / r.del.median_ms,
-                w.del.p99_ms / r.del.p99_ms
+                w.del.p99_ms / r.del.p99_ms,
+                ""
             );
             for ((wa, wd), (ra, rd)) in w
                 .parallel_add_wall_ms
@@ -260,5 +275,17 @@ pub fn print(rows: &[Row], opts: &Options) {
             }
             println!();
         }
+    }
+    println!("parallel wall time min-max over rounds (ms):");
+    for r in rows {
+        print!(
+            "{:<18} {:<6}",
+            r.implementation,
+            if r.ip_masq { "on" } else { "off" }
+        );
+        for ((p, a), (_, d)) in r.parallel_add_wall_ms.iter().zip(&r.parallel_del_wall_ms) {
+            print!("  ADD x{p} {:>13}  DEL x{p} {:>13}", mm(a), mm(d));
+        }
+        println!();
     }
 }

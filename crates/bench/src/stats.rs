@@ -31,6 +31,31 @@ pub fn summarize(samples: &[Duration]) -> Summary {
     }
 }
 
+/// Median, min and max of plain values (Gbit/s, cycles/s...).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub n: usize,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+pub fn spread(values: &[f64]) -> Spread {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    };
+    Spread {
+        n: v.len(),
+        median,
+        min: v.first().copied().unwrap_or(f64::NAN),
+        max: v.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +69,14 @@ mod tests {
         assert!((sum.p99_ms - 99.0).abs() <= 1.0);
         assert_eq!(sum.min_ms, 1.0);
         assert_eq!(sum.max_ms, 100.0);
+    }
+
+    #[test]
+    fn spread_of_values() {
+        let s = spread(&[3.0, 1.0, 2.0, 10.0]);
+        assert_eq!((s.n, s.median, s.min, s.max), (4, 2.5, 1.0, 10.0));
+        let s = spread(&[5.0]);
+        assert_eq!((s.median, s.min, s.max), (5.0, 5.0, 5.0));
+        assert!(spread(&[]).median.is_nan());
     }
 }
