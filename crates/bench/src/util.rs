@@ -1,8 +1,6 @@
 //! Helpers shared by the suites: a child-process guard, HTTP from inside a netns, kernel
 //! read-backs.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -74,39 +72,8 @@ impl Drop for ChildGuard {
     }
 }
 
-/// One HTTP/1.0 request from inside `ns`; returns the status code and the body.
-pub fn http(
-    ns: &NetNs,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &[u8],
-    timeout: Duration,
-) -> std::io::Result<(u16, String)> {
-    let mut request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    in_netns_thread(ns, move || -> std::io::Result<(u16, String)> {
-        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
-        s.write_all(&request)?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad HTTP answer {head:?}")))?;
-        Ok((status, body.to_string()))
-    })?
-}
+/// One HTTP/1.0 request from inside a netns (shared with the lab).
+pub use weft_lab::probe::http_request as http;
 
 /// Polls `f` every `every` until it returns Some or `timeout` passes.
 pub fn wait_for<T>(

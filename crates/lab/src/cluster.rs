@@ -414,7 +414,12 @@ impl Cluster {
             // The topology needs no binary: a missing plugin shows up at the first add_pod.
             None => find_bin_dir(&["weft"]).unwrap_or_else(|_| exe_dir()),
         };
-        std::fs::create_dir_all(&dir).map_err(io_err("create lab dir", &dir))?;
+        {
+            // Under the guard like every other creation: a signal's teardown either sees the
+            // dir or runs before it exists (and then this refuses to make it).
+            let _g = registry::create_guard().map_err(|_| LabError::Interrupted)?;
+            std::fs::create_dir_all(&dir).map_err(io_err("create lab dir", &dir))?;
+        }
         let new_ns = |suffix: &str| -> Result<Netns, LabError> {
             let _g = registry::create_guard().map_err(|_| LabError::Interrupted)?;
             let name = format!("{id}-{suffix}");
@@ -513,6 +518,7 @@ impl Cluster {
             let node_dir = dir.join(&name);
             for sub in ["net.d", "ipam", "state"] {
                 let d = node_dir.join(sub);
+                let _g = registry::create_guard().map_err(|_| LabError::Interrupted)?;
                 std::fs::create_dir_all(&d).map_err(io_err("create node dir", &d))?;
             }
             nodes.push(Node {

@@ -135,13 +135,31 @@ pub fn http_get(
     path: &str,
     timeout: std::time::Duration,
 ) -> std::io::Result<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http_request(ns, addr, "GET", path, b"", timeout)
+}
+
+/// One HTTP/1.0 request with a JSON body from inside `ns`: returns the status code and body.
+pub fn http_request(
+    ns: &NetNs,
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: std::time::Duration,
+) -> std::io::Result<(u16, String)> {
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
     in_netns_thread(ns, move || -> std::io::Result<(u16, String)> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
         s.set_read_timeout(Some(timeout))?;
         s.set_write_timeout(Some(timeout))?;
-        s.write_all(request.as_bytes())?;
+        s.write_all(&request)?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)?;
         let text = String::from_utf8_lossy(&raw);
