@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../crates/plugin/src/config.rs"]
 mod config;
 #[allow(dead_code)]
-#[path = "../../crates/plugin/src/names.rs"]
+#[path = "../../crates/netops/src/names.rs"]
 mod names;
 
 fuzz_target!(|data: &[u8]| {

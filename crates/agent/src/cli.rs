@@ -247,7 +247,10 @@ pub fn cleanup(a: &Cleanup) -> Result<(), String> {
     match nl.list_links() {
         Ok(links) => {
             for l in links {
-                let ours = l.alias.as_deref().is_some_and(|a| a.starts_with("weft:"))
+                let ours = l
+                    .alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(weft_netops::names::ALIAS_PREFIX))
                     || l.name == vxlan::device_name(a.vxlan_vni)
                     || l.name == a.bridge;
                 if ours {

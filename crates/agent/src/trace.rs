@@ -89,7 +89,7 @@ fn local_pod(ctx: &TraceContext, ip: IpAddr) -> Option<weft_ipam::Attachment> {
 }
 
 fn host_veth<'a>(links: &'a [Link], who: &weft_ipam::Attachment) -> Option<&'a Link> {
-    let alias = format!("weft:{NETWORK_NAME}:{}:{}", who.container_id, who.ifname);
+    let alias = weft_netops::names::host_alias(NETWORK_NAME, &who.container_id, &who.ifname);
     links
         .iter()
         .find(|l| l.alias.as_deref() == Some(alias.as_str()))

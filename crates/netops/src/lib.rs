@@ -35,6 +35,7 @@
 
 pub mod bridge;
 pub mod error;
+pub mod names;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;

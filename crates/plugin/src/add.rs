@@ -3,9 +3,10 @@
 
 use crate::config::Config;
 use crate::dataplane::{self, mac_string, nl_error};
-use crate::{ipam, masq, names};
+use crate::{ipam, masq};
 use weft_cni::error::{self, CniError};
 use weft_cni::{CniResult, Env, Interface, IpConfig};
+use weft_netops::names;
 use weft_netops::netlink::Netlink;
 use weft_netops::netns::NetNs;
 

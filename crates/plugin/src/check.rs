@@ -3,10 +3,11 @@
 use crate::add::open_netns;
 use crate::config::{Config, Ipam};
 use crate::dataplane::nl_error;
-use crate::{ipam, names};
+use crate::ipam;
 use weft_cni::error::{self, CniError};
 use weft_cni::{CniResult, Env};
 use weft_ipam::Attachment;
+use weft_netops::names;
 use weft_netops::netlink::Netlink;
 
 fn mismatch(msg: String) -> CniError {

@@ -8,9 +8,10 @@
 
 use crate::config::{Config, Ipam};
 use crate::dataplane::nl_error;
-use crate::{ipam, masq, names};
+use crate::{ipam, masq};
 use weft_cni::{CniError, CniResult, Env};
 use weft_ipam::Attachment;
+use weft_netops::names;
 use weft_netops::netlink::Netlink;
 
 pub fn run(conf: &Config, env: &Env) -> Result<(), CniError> {

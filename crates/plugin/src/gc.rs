@@ -9,11 +9,12 @@
 
 use crate::config::{Config, Ipam};
 use crate::dataplane::nl_error;
-use crate::{ipam, masq, names};
+use crate::{ipam, masq};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use weft_cni::error::{self, CniError};
 use weft_ipam::Attachment;
+use weft_netops::names;
 use weft_netops::netlink::Netlink;
 
 pub fn run(conf: &Config) -> Result<(), CniError> {

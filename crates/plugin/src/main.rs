@@ -11,7 +11,6 @@ mod events;
 mod gc;
 mod ipam;
 mod masq;
-mod names;
 
 use std::io::{Read, Write};
 use weft_cni::error::{self, CniError};

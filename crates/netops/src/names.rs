@@ -1,5 +1,6 @@
-//! Names weft gives to host-side objects, derived from the attachment so that DEL and GC find
-//! them again without the pod's network namespace.
+//! Names weft gives to a pod attachment's host-side objects, derived from the attachment so
+//! that DEL and GC find them again without the pod's network namespace, and so that weftd
+//! (trace, cleanup) recognises them. The plugin and the agent both use this one definition.
 
 /// Host veth name: `weft` + 11 hex digits of a hash of (network, container id, ifname).
 /// 15 characters, the kernel's limit.
@@ -19,15 +20,18 @@ pub fn host_veth(network: &str, container_id: &str, ifname: &str) -> String {
     format!("weft{:011x}", h >> 20)
 }
 
+/// Every alias weft puts on a host veth starts with this (`weftd cleanup` looks for it).
+pub const ALIAS_PREFIX: &str = "weft:";
+
 /// The alias stored on the host veth. `:` cannot occur in a network name, a container id or
 /// an ifname, so the alias parses back unambiguously (GC uses it).
 pub fn host_alias(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("weft:{network}:{container_id}:{ifname}")
+    format!("{ALIAS_PREFIX}{network}:{container_id}:{ifname}")
 }
 
 /// Parses an alias made by [`host_alias`] for `network` back into (container id, ifname).
 pub fn parse_alias<'a>(alias: &'a str, network: &str) -> Option<(&'a str, &'a str)> {
-    let rest = alias.strip_prefix("weft:")?;
+    let rest = alias.strip_prefix(ALIAS_PREFIX)?;
     let mut parts = rest.splitn(3, ':');
     let (net, cid, ifname) = (parts.next()?, parts.next()?, parts.next()?);
     (net == network).then_some((cid, ifname))
