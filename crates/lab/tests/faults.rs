@@ -51,14 +51,8 @@ fn stop_ping(child: std::process::Child) -> (u32, u32) {
     (num("packets transmitted"), num("received"))
 }
 
-#[test]
-fn etcd_outage_does_not_touch_pod_traffic_and_the_agents_converge_after() {
-    let outage = Duration::from_secs(
-        std::env::var("WEFT_ETCD_OUTAGE_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(15),
-    );
+/// Two nodes on the segment and the far node (auto: host-gw and vxlan peers), one pod each.
+fn lab_with_pods() -> Cluster {
     let mut c = Cluster::start(LabConfig {
         nodes: 2,
         datastore: DatastoreKind::Etcd,
@@ -70,6 +64,18 @@ fn etcd_outage_does_not_touch_pod_traffic_and_the_agents_converge_after() {
     for (node, pod) in [("n1", "n1-p1"), ("n2", "n2-p1"), ("n3", "n3-p1")] {
         c.add_pod(node, pod).unwrap_or_else(|e| panic!("{e}"));
     }
+    c
+}
+
+#[test]
+fn etcd_outage_does_not_touch_pod_traffic_and_the_agents_converge_after() {
+    let outage = Duration::from_secs(
+        std::env::var("WEFT_ETCD_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(15),
+    );
+    let mut c = lab_with_pods();
     let far: IpAddr = c.pod("n3-p1").unwrap().ipv4().unwrap();
     let src = c.pod("n1-p1").unwrap().netns.clone();
     let pinger = src
@@ -136,17 +142,7 @@ fn etcd_outage_does_not_touch_pod_traffic_and_the_agents_converge_after() {
 
 #[test]
 fn underlay_down_and_up_recovers_without_restart() {
-    let mut c = Cluster::start(LabConfig {
-        nodes: 2,
-        datastore: DatastoreKind::Etcd,
-        backend: "auto".into(),
-        resync_interval: "2s".into(),
-        ..LabConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    for (node, pod) in [("n1", "n1-p1"), ("n2", "n2-p1"), ("n3", "n3-p1")] {
-        c.add_pod(node, pod).unwrap_or_else(|e| panic!("{e}"));
-    }
+    let mut c = lab_with_pods();
     let near = c.pod("n2-p1").unwrap().ipv4().unwrap();
     let far = c.pod("n3-p1").unwrap().ipv4().unwrap();
     let src = c.pod("n1-p1").unwrap().netns.clone();
