@@ -1233,7 +1233,7 @@ fn up(nl: &mut Netlink, ns: &str, index: u32) -> Result<(), LabError> {
 
 fn make_bridge(nl: &mut Netlink, ns: &str, mtu: u32) -> Result<u32, LabError> {
     let br = nl
-        .create_bridge("br0", Some(mtu))
+        .create_bridge("br0", Some(mtu), None)
         .map_err(net_err(format!("create bridge br0 in {ns}")))?;
     up(nl, ns, br)?;
     Ok(br)

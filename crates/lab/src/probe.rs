@@ -31,6 +31,34 @@ pub fn ping_n(from: &NetNs, to: IpAddr, count: u32, interval_s: f64) -> bool {
         .unwrap_or(false)
 }
 
+/// `count` echoes spaced by `interval_s` (1 s timeout each): how many were answered.
+pub fn ping_received(from: &NetNs, to: IpAddr, count: u32, interval_s: f64) -> u32 {
+    let mut cmd = enter_command(from, "ping");
+    if to.is_ipv6() {
+        cmd.arg("-6");
+    }
+    let out = cmd
+        .args(["-q", "-n", "-W", "1", "-c"])
+        .arg(count.to_string())
+        .arg("-i")
+        .arg(format!("{interval_s}"))
+        .arg(to.to_string())
+        .stderr(Stdio::null())
+        .output();
+    // iputils' summary: "5 packets transmitted, 5 received, 0% packet loss, time 804ms".
+    out.ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let summary = text
+                .lines()
+                .find(|l| l.contains("transmitted"))?
+                .to_string();
+            let received = summary.split(", ").nth(1)?.split(' ').next()?.parse().ok();
+            received
+        })
+        .unwrap_or(0)
+}
+
 /// Runs `f` on a fresh thread that has entered `ns` (a thread's netns is its own; the caller's
 /// thread is never moved).
 pub fn in_netns_thread<T: Send + 'static>(

@@ -6,14 +6,33 @@ use crate::error::{Error, Result};
 use crate::netlink::{Link, Netlink};
 use ipnet::IpNet;
 
-/// Makes sure bridge `name` exists, is up and carries each of `gateways`. Concurrent callers
-/// race here (many ADDs at once), so "already exists" is success. An interface of that name
-/// that is not a bridge is `Error::Invalid`.
+/// The bridge's own MAC: `0a:58` (locally administered, unicast) and four bytes of a hash of
+/// its name, so the same on every call, every restart and every node.
+///
+/// Why a MAC of its own: a bridge without one takes the lowest MAC among its ports and changes
+/// it when that port leaves. Every pod holds the gateway's MAC in its ARP cache, so deleting
+/// one pod would cut all the others off their gateway until their entries go stale (35-40 s).
+pub fn stable_mac(name: &str) -> [u8; 6] {
+    // FNV-1a, 32 bits: tiny, fixed, and no dependency for four bytes.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    let [a, b, c, d] = h.to_be_bytes();
+    [0x0a, 0x58, a, b, c, d]
+}
+
+/// Makes sure bridge `name` exists, is up, has its `stable_mac` and carries each of
+/// `gateways`. Concurrent callers race here (many ADDs at once), so "already exists" is
+/// success. A bridge with another MAC (made by an older weft, so following its ports, or changed
+/// by hand) is given its stable MAC: pods re-learn the gateway once, then never again. An
+/// interface of that name that is not a bridge is `Error::Invalid`.
 pub fn ensure(nl: &mut Netlink, name: &str, gateways: &[IpNet]) -> Result<Link> {
-    let bridge = match nl.get_link_by_name(name)? {
+    let mac = stable_mac(name);
+    let mut bridge = match nl.get_link_by_name(name)? {
         Some(link) => link,
         None => {
-            if let Err(e) = nl.create_bridge(name, None) {
+            if let Err(e) = nl.create_bridge(name, None, Some(mac)) {
                 if !e.is_exists() {
                     return Err(e);
                 }
@@ -27,6 +46,10 @@ pub fn ensure(nl: &mut Netlink, name: &str, gateways: &[IpNet]) -> Result<Link> 
             "bridge {name:?}: an interface of that name exists and is not a bridge (kind {:?})",
             bridge.kind
         )));
+    }
+    if bridge.mac != Some(mac) {
+        nl.set_mac(bridge.index, mac)?;
+        bridge.mac = Some(mac);
     }
     if !gateways.is_empty() {
         let have = nl.list_addresses(Some(bridge.index))?;

@@ -163,8 +163,8 @@ fn bridge_veth_addresses_routes_neighbours() {
     let mut pn = pod.netlink();
 
     // Bridge.
-    let br = hn.create_bridge("wbr0", Some(1400)).unwrap();
-    let err = hn.create_bridge("wbr0", None).unwrap_err();
+    let br = hn.create_bridge("wbr0", Some(1400), None).unwrap();
+    let err = hn.create_bridge("wbr0", None, None).unwrap_err();
     assert!(err.is_exists(), "{err}");
     assert!(err.to_string().contains("create bridge wbr0"), "{err}");
 
@@ -481,7 +481,7 @@ fn vxlan_fdb_and_neighbours() {
 fn batch_of_routes() {
     let t = TestNs::new();
     let mut nl = t.netlink();
-    let br = nl.create_bridge("wbr1", None).unwrap();
+    let br = nl.create_bridge("wbr1", None, None).unwrap();
     nl.set_link_up(br).unwrap();
     nl.add_address(br, net("10.0.0.1/16"), false).unwrap();
 

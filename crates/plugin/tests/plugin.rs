@@ -537,3 +537,74 @@ fn ip_masq_masquerades_and_del_without_netns_removes_it() {
     .unwrap();
     assert!(listed.is_empty(), "{listed:?}");
 }
+
+/// Regression (issue 10): the bridge had no MAC of its own, so it took the lowest MAC among its
+/// ports; deleting that pod changed the gateway's MAC under every other pod's ARP cache and cut
+/// them off their gateway for 35-40 s. The survivors must lose nothing.
+#[test]
+fn deleting_a_pod_does_not_change_the_gateway_mac_of_the_others() {
+    let node = Node::new();
+    let conf = node.conf("1.1.0", &[&["10.89.0.0/24"]]);
+    let gw: IpAddr = "10.89.0.1".parse().unwrap();
+    let pods: Vec<Netns> = (0..4).map(|_| Netns::new("wtp-mac").unwrap()).collect();
+    let mut host_macs = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let r = node.add(&format!("ctr-mac-{i}"), pod, &conf);
+        // The result reports the bridge's real MAC, never 00:00:00:00:00:00.
+        let bridge = node.nl().get_link_by_name("weft0").unwrap().unwrap();
+        assert_eq!(r["interfaces"][0]["mac"], weft_lab_mac(bridge.mac));
+        assert_ne!(r["interfaces"][0]["mac"], "00:00:00:00:00:00");
+        let host = node
+            .nl()
+            .get_link_by_name(r["interfaces"][1]["name"].as_str().unwrap())
+            .unwrap()
+            .unwrap();
+        host_macs.push(host.mac.unwrap());
+        // Every pod learns the gateway's MAC now, as a running pod would have.
+        assert!(ping(pod.handle(), gw), "pod {i} cannot reach its gateway");
+    }
+    let before = node.nl().get_link_by_name("weft0").unwrap().unwrap().mac;
+
+    let lowest = (0..4).min_by_key(|&i| host_macs[i]).unwrap();
+    let out = node.call(
+        "DEL",
+        &format!("ctr-mac-{lowest}"),
+        Some(&pods[lowest].path()),
+        &conf,
+    );
+    assert!(out.ok(), "DEL failed: {}", out.stdout);
+    let after = node.nl().get_link_by_name("weft0").unwrap().unwrap().mac;
+    assert_eq!(before, after, "the bridge's MAC changed when a pod left");
+
+    for (i, pod) in pods.iter().enumerate().filter(|(i, _)| *i != lowest) {
+        let received = weft_lab::probe::ping_received(pod.handle(), gw, 5, 0.2);
+        assert_eq!(received, 5, "pod {i} lost pings to its gateway after a DEL");
+    }
+    for (i, pod) in pods.iter().enumerate().filter(|(i, _)| *i != lowest) {
+        assert!(node
+            .call("DEL", &format!("ctr-mac-{i}"), Some(&pod.path()), &conf)
+            .ok());
+    }
+}
+
+/// A bridge that exists without weft's MAC (made by an older weft, or changed by hand) is
+/// given it at the next ADD, and keeps it.
+#[test]
+fn an_existing_bridge_without_its_own_mac_is_repaired() {
+    let node = Node::new();
+    let conf = node.conf("1.1.0", &[&["10.90.0.0/24"]]);
+    let mut nl = node.nl();
+    nl.create_bridge("weft0", None, None).unwrap();
+    let pod = Netns::new("wtp-mac").unwrap();
+    let r = node.add("ctr-repair", &pod, &conf);
+    let bridge = nl.get_link_by_name("weft0").unwrap().unwrap();
+    assert_eq!(
+        bridge.mac,
+        Some(weft_netops::bridge::stable_mac("weft0")),
+        "bridge MAC not repaired"
+    );
+    assert_eq!(r["interfaces"][0]["mac"], weft_lab_mac(bridge.mac));
+    assert!(node
+        .call("DEL", "ctr-repair", Some(&pod.path()), &conf)
+        .ok());
+}

@@ -436,12 +436,22 @@ impl Netlink {
         }
     }
 
-    /// Create a bridge; returns its index. `is_exists()` if the name is taken.
-    pub fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> Result<u32> {
+    /// Create a bridge; returns its index. `is_exists()` if the name is taken. With `mac`, the
+    /// bridge keeps that address for life; without, the kernel gives it the lowest MAC among
+    /// its ports and changes it whenever that port leaves.
+    pub fn create_bridge(
+        &mut self,
+        name: &str,
+        mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
+    ) -> Result<u32> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = mac {
+            m.attributes.push(LinkAttribute::Address(mac.to_vec()));
         }
         m.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
