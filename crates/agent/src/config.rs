@@ -4,7 +4,7 @@
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -161,6 +161,21 @@ pub struct RunConfig {
     pub resync_interval: Duration,
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+impl RunConfig {
+    /// Every node path weftd shares with the plugin (which runs on the node, exec'd by the
+    /// runtime) or with its own next run. In a container each must be the node's directory,
+    /// mounted at the same path: the conflist names them to the plugin as they are here.
+    /// deploy/weft.yaml's volumes are checked against this list (tests/deploy.rs).
+    pub fn shared_node_paths(&self) -> [(&'static str, &Path); 4] {
+        [
+            ("CNI config weftd writes for the runtime", &self.cni_conf_dir),
+            ("IPAM store the plugin writes, weftd reads", &self.ipam_data_dir),
+            ("plugin events weftd turns into CNI metrics", &self.plugin_events_dir),
+            ("weftd's own state across restarts", &self.state_dir),
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -404,15 +404,35 @@ fn daemon_set_runs_weftd_as_the_cli_parses_it_with_only_what_it_needs() {
         BTreeSet::from(["NET_ADMIN".to_string(), "NET_RAW".to_string()])
     );
 
-    // Exactly the node paths weftd uses, each at its own path.
-    let want: BTreeSet<String> = [
-        cfg.cni_conf_dir.display().to_string(),
-        cfg.ipam_data_dir.display().to_string(),
-        cfg.state_dir.display().to_string(),
-        "/run/xtables.lock".to_string(),
-    ]
-    .into();
-    assert_eq!(mounts(c, &host), want);
+    // Exactly the node paths weftd shares with the plugin and its next run, each the node's
+    // own directory at the same path (issue 10: the plugin events dir was not mounted, so the
+    // CNI metrics stayed empty in every real deployment), plus the iptables lock.
+    let mut want: BTreeSet<String> = cfg
+        .shared_node_paths()
+        .iter()
+        .map(|(_, p)| p.display().to_string())
+        .collect();
+    want.insert("/run/xtables.lock".to_string());
+    let have = mounts(c, &host);
+    for (what, path) in cfg.shared_node_paths() {
+        assert!(
+            have.contains(&path.display().to_string()),
+            "{what} ({}) is not a hostPath volume mounted at the same path",
+            path.display()
+        );
+    }
+    assert_eq!(have, want);
+    // And they are weftd's defaults: the plugin and `weftd` run by hand on the node (trace,
+    // status, cleanup) find the same files without flags.
+    let defaults: RunConfig =
+        parse_like_weftd(&[], &BTreeMap::from([("WEFT_NODE_NAME".into(), "n".into())])).unwrap();
+    for ((what, path), (_, default)) in cfg
+        .shared_node_paths()
+        .iter()
+        .zip(defaults.shared_node_paths())
+    {
+        assert_eq!(*path, default, "the manifest moves the {what} off weftd's default");
+    }
     let used: BTreeSet<&String> = pod
         .containers
         .iter()
