@@ -35,12 +35,34 @@ pub struct Status {
     pub pod_mtu: Option<u32>,
     pub vtep: Option<VtepStatus>,
     pub cni_config: Option<String>,
+    /// The configured driver (`--firewall`), known before the rules are set up.
+    pub firewall_mode: String,
     pub firewall: Option<FirewallStatus>,
     pub ready: bool,
     /// What the agent is waiting for, while not ready.
     pub waiting_for: Option<String>,
     pub last_reconcile: Option<Report>,
     pub problems: Vec<String>,
+}
+
+impl Status {
+    /// Why the agent is not ready, as /readyz says it: what it waits for and, while the
+    /// datastore cannot answer, the datastore's own reason (Node missing, access forbidden,
+    /// pod CIDR not assigned yet, server unreachable).
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.ready {
+            return None;
+        }
+        let mut why = format!(
+            "waiting for {}",
+            self.waiting_for.as_deref().unwrap_or("start-up")
+        );
+        if let (false, Some(err)) = (self.datastore_connected, &self.datastore_error) {
+            why.push_str(": ");
+            why.push_str(err);
+        }
+        Some(why)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,6 +168,9 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
             node: cfg.node_name.clone(),
             datastore: format!("{:?}", cfg.datastore).to_lowercase(),
             backend: Some(cfg.backend),
+            firewall_mode: clap::ValueEnum::to_possible_value(&cfg.firewall)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default(),
             waiting_for: Some("start-up".into()),
             ..Default::default()
         }),
@@ -598,5 +623,37 @@ impl NodeSetup {
             }
         }
         shared.update(|s| s.last_reconcile = Some(report));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_names_the_datastore_reason() {
+        let mut s = Status {
+            waiting_for: Some("datastore kubernetes: this node's pod CIDR".into()),
+            datastore_error: Some("node n1 has no spec.podCIDRs yet".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.not_ready_reason().unwrap(),
+            "waiting for datastore kubernetes: this node's pod CIDR: node n1 has no spec.podCIDRs yet"
+        );
+        s.datastore_error =
+            Some("get node n1: nodes \"n1\" is forbidden (HTTP 403 Forbidden)".into());
+        assert!(s
+            .not_ready_reason()
+            .unwrap()
+            .ends_with("(HTTP 403 Forbidden)"));
+        s.datastore_connected = true;
+        s.datastore_error = None;
+        assert_eq!(
+            s.not_ready_reason().unwrap(),
+            "waiting for datastore kubernetes: this node's pod CIDR"
+        );
+        s.ready = true;
+        assert_eq!(s.not_ready_reason(), None);
     }
 }

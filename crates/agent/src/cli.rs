@@ -77,6 +77,8 @@ struct StatusView {
     pod_mtu: Option<u32>,
     vtep: Option<serde_json::Value>,
     cni_config: Option<String>,
+    #[serde(default)]
+    firewall_mode: String,
     firewall: Option<serde_json::Value>,
     ready: bool,
     waiting_for: Option<String>,
@@ -160,8 +162,20 @@ fn render(s: &StatusView) -> String {
                 let _ = writeln!(o, "             ! {}", p.as_str().unwrap_or(""));
             }
         }
-        None => {
+        None if s.firewall_mode == "none" => {
             let _ = writeln!(o, "firewall:    none (--firewall none)");
+        }
+        // Rules are set up once the pod CIDR is known.
+        None => {
+            let _ = writeln!(
+                o,
+                "firewall:    {} (not set up yet)",
+                if s.firewall_mode.is_empty() {
+                    "?"
+                } else {
+                    &s.firewall_mode
+                }
+            );
         }
     }
     if let Some(r) = &s.last_reconcile {
@@ -537,5 +551,32 @@ pub fn check(a: &CheckArgs) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{failed} of {} peer probes failed", probes.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `weftd status` prints for the agent's own /status document.
+    fn rendered(s: &crate::agent::Status) -> String {
+        let view: StatusView = serde_json::from_value(serde_json::to_value(s).unwrap()).unwrap();
+        render(&view)
+    }
+
+    #[test]
+    fn status_names_the_configured_firewall_before_it_is_set_up() {
+        let mut s = crate::agent::Status {
+            node: "n1".into(),
+            datastore: "kubernetes".into(),
+            firewall_mode: "auto".into(),
+            waiting_for: Some("datastore kubernetes: this node's pod CIDR".into()),
+            ..Default::default()
+        };
+        let out = rendered(&s);
+        assert!(out.contains("firewall:    auto (not set up yet)"), "{out}");
+        assert!(!out.contains("--firewall none"), "{out}");
+        s.firewall_mode = "none".into();
+        assert!(rendered(&s).contains("firewall:    none (--firewall none)"));
     }
 }

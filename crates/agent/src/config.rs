@@ -170,9 +170,18 @@ impl RunConfig {
     /// deploy/weft.yaml's volumes are checked against this list (tests/deploy.rs).
     pub fn shared_node_paths(&self) -> [(&'static str, &Path); 4] {
         [
-            ("CNI config weftd writes for the runtime", &self.cni_conf_dir),
-            ("IPAM store the plugin writes, weftd reads", &self.ipam_data_dir),
-            ("plugin events weftd turns into CNI metrics", &self.plugin_events_dir),
+            (
+                "CNI config weftd writes for the runtime",
+                &self.cni_conf_dir,
+            ),
+            (
+                "IPAM store the plugin writes, weftd reads",
+                &self.ipam_data_dir,
+            ),
+            (
+                "plugin events weftd turns into CNI metrics",
+                &self.plugin_events_dir,
+            ),
             ("weftd's own state across restarts", &self.state_dir),
         ]
     }

@@ -31,15 +31,12 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<(), String> 
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let s = shared.snapshot();
-    if s.ready {
-        (StatusCode::OK, "ready\n".to_string())
-    } else {
-        let why = s.waiting_for.unwrap_or_else(|| "not ready".into());
-        (
+    match shared.snapshot().not_ready_reason() {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: waiting for {why}\n"),
-        )
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

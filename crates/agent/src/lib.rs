@@ -20,3 +20,8 @@ pub mod reconcile;
 pub mod trace;
 pub mod underlay;
 pub mod vxlan;
+
+/// The log filter without `WEFT_LOG`. The kube client logs every failed request at ERROR
+/// itself (`failed with error ...`); weftd logs each failure once, with the address and the
+/// cause, so the client's own lines are off unless asked for (`WEFT_LOG=kube_client=debug`).
+pub const DEFAULT_LOG_FILTER: &str = "info,kube_client::client::builder=off";

@@ -424,14 +424,20 @@ fn daemon_set_runs_weftd_as_the_cli_parses_it_with_only_what_it_needs() {
     assert_eq!(have, want);
     // And they are weftd's defaults: the plugin and `weftd` run by hand on the node (trace,
     // status, cleanup) find the same files without flags.
-    let defaults: RunConfig =
-        parse_like_weftd(&[], &BTreeMap::from([("WEFT_NODE_NAME".into(), "n".into())])).unwrap();
+    let defaults: RunConfig = parse_like_weftd(
+        &[],
+        &BTreeMap::from([("WEFT_NODE_NAME".into(), "n".into())]),
+    )
+    .unwrap();
     for ((what, path), (_, default)) in cfg
         .shared_node_paths()
         .iter()
         .zip(defaults.shared_node_paths())
     {
-        assert_eq!(*path, default, "the manifest moves the {what} off weftd's default");
+        assert_eq!(
+            *path, default,
+            "the manifest moves the {what} off weftd's default"
+        );
     }
     let used: BTreeSet<&String> = pod
         .containers

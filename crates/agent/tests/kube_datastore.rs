@@ -437,3 +437,118 @@ async fn run_recovers_from_api_server_outage_and_expired_versions() {
     assert!(health.get().connected);
     s.unknown_requests_are_none();
 }
+
+/// Log output written into memory, for tests that read what an operator would see.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Regression (issue 10): an unreachable API server read "list nodes: ServiceError: client
+/// error (Connect)" (no address, no cause), and the kube client's own ERROR line repeated
+/// every failure at the default log level.
+#[tokio::test]
+async fn unreachable_api_server_error_names_the_address_and_the_cause_once() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n\
+             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: x\n  context:\n    cluster: c\n    \
+             user: u\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+
+    // weftd's own default log filter, writing into memory, on this (current-thread) runtime.
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            weft_agent::DEFAULT_LOG_FILTER,
+        ))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut store = KubeStore::new(KubeConfig {
+        kubeconfig: Some(path),
+        node_name: "n1".to_string(),
+        cluster_cidrs: vec![net("10.244.0.0/16")],
+    });
+    let health = Health::default();
+    let h = health.clone();
+    let task = tokio::spawn(async move { store.register(&me(), &h).await });
+    eventually(Duration::from_secs(10), "a datastore error", || {
+        health.get().last_error.is_some()
+    })
+    .await;
+    task.abort();
+    let err = health.get().last_error.unwrap();
+    let address = server.trim_start_matches("http://");
+    assert!(err.contains(address), "no server address in: {err}");
+    assert!(
+        err.to_lowercase().contains("connection refused"),
+        "no cause in: {err}"
+    );
+    let logs = logs.text();
+    assert!(
+        !logs.contains("failed with error"),
+        "the kube client's own ERROR lines are on by default:\n{logs}"
+    );
+    assert_eq!(
+        logs.lines().filter(|l| l.contains(address)).count(),
+        1,
+        "one line per failure:\n{logs}"
+    );
+}
+
+/// Regression (issue 10): a 403 ended in a Rust debug dump of the whole Status struct.
+#[tokio::test]
+async fn forbidden_reads_as_the_servers_message() {
+    let mut s = Setup::new().await;
+    s.fake.put_node(node_json(
+        "n1",
+        &["10.244.1.0/24"],
+        Some("192.168.50.1"),
+        &[],
+    ));
+    s.fake.forbid(Some("system:serviceaccount:weft:weft"));
+    let health = Health::default();
+    let task = s.register(&health);
+    eventually(Duration::from_secs(5), "a forbidden error", || {
+        health.get().last_error.is_some()
+    })
+    .await;
+    let err = health.get().last_error.unwrap();
+    assert_eq!(
+        err,
+        "get node n1: nodes \"n1\" is forbidden: User \"system:serviceaccount:weft:weft\" \
+         cannot get resource \"nodes\" in API group \"\" at the cluster scope (HTTP 403 Forbidden)"
+    );
+    // Access given back: it registers.
+    s.fake.forbid(None);
+    let (_store, reg) = within(Duration::from_secs(10), "register", task)
+        .await
+        .unwrap();
+    reg.unwrap();
+}

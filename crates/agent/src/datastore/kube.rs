@@ -58,6 +58,8 @@ pub struct KubeConfig {
 pub struct KubeStore {
     pub cfg: KubeConfig,
     client: Option<Client>,
+    /// The API server's URL, for error messages.
+    server: String,
     /// This node's pod CIDRs as registered, to notice when they change under us.
     pod_cidrs: Vec<IpNet>,
 }
@@ -69,6 +71,7 @@ impl KubeStore {
         KubeStore {
             cfg,
             client: None,
+            server: String::new(),
             pod_cidrs: Vec::new(),
         }
     }
@@ -89,21 +92,22 @@ impl KubeStore {
         let mut backoff = Backoff::new();
 
         let pod_cidrs = loop {
-            let node = match call(format!("get node {name}"), api.get_opt(&name)).await {
-                Ok(Some(node)) => node,
-                Ok(None) => {
-                    let msg = format!(
-                        "node {name} not found: is the node name right (--node-name, \
+            let node =
+                match call(&self.server, format!("get node {name}"), api.get_opt(&name)).await {
+                    Ok(Some(node)) => node,
+                    Ok(None) => {
+                        let msg = format!(
+                            "node {name} not found: is the node name right (--node-name, \
                          usually the hostname)?"
-                    );
-                    self.wait(health, msg, backoff.next()).await;
-                    continue;
-                }
-                Err(e) => {
-                    self.wait(health, e, backoff.next()).await;
-                    continue;
-                }
-            };
+                        );
+                        self.wait(health, msg, backoff.next()).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        self.wait(health, e, backoff.next()).await;
+                        continue;
+                    }
+                };
             backoff.reset();
             match node_pod_cidrs(&node) {
                 Ok(cidrs) if !cidrs.is_empty() => break cidrs,
@@ -119,7 +123,7 @@ impl KubeStore {
         };
 
         loop {
-            match patch_annotations(&api, &name, me).await {
+            match patch_annotations(&api, &self.server, &name, me).await {
                 Ok(()) => break,
                 Err(e) => self.wait(health, e, backoff.next()).await,
             }
@@ -175,6 +179,7 @@ impl KubeStore {
         // resourceVersion=0: served from the API server's cache, as informers do; the watch
         // below brings us up to date.
         let list = match call(
+            &self.server,
             "list nodes".to_string(),
             api.list(&ListParams::default().match_any()),
         )
@@ -200,18 +205,23 @@ impl KubeStore {
 
         loop {
             let wp = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
-            let mut stream: NodeEvents =
-                match call("watch nodes".to_string(), api.watch(&wp, &version)).await {
-                    Ok(s) => s.boxed(),
-                    Err(e) => return SyncEnd::Failed(e),
-                };
+            let mut stream: NodeEvents = match call(
+                &self.server,
+                "watch nodes".to_string(),
+                api.watch(&wp, &version),
+            )
+            .await
+            {
+                Ok(s) => s.boxed(),
+                Err(e) => return SyncEnd::Failed(e),
+            };
             health.ok();
             backoff.reset();
             loop {
                 let item = tokio::select! {
                     item = tokio::time::timeout(WATCH_IDLE, stream.next()) => item,
                     _ = tokio::time::sleep_until(own.retry_at), if own.needs_patch => {
-                        own.patch(api, me, health).await;
+                        own.patch(api, &self.server, me, health).await;
                         continue;
                     }
                 };
@@ -223,7 +233,9 @@ impl KubeStore {
                     }
                     // The server ended this watch (timeoutSeconds): resume it.
                     Ok(None) => break,
-                    Ok(Some(Err(e))) => return SyncEnd::Failed(format!("watch nodes: {e}")),
+                    Ok(Some(Err(e))) => {
+                        return SyncEnd::Failed(describe_error("watch nodes", &self.server, &e))
+                    }
                     Ok(Some(Ok(ev))) => ev,
                 };
                 match event {
@@ -287,6 +299,7 @@ impl KubeStore {
             })?,
         };
         debug!(url = %config.cluster_url, "kubernetes: API server");
+        self.server = config.cluster_url.to_string();
         let client = Client::try_from(config)
             .map_err(|e| err(format!("cannot create Kubernetes client: {e}")))?;
         self.client = Some(client.clone());
@@ -332,11 +345,18 @@ impl OwnNode {
             self.needs_patch = false;
             return;
         };
-        if let Ok(cidrs) = node_pod_cidrs(node) {
-            if !registered.is_empty() && cidrs != registered {
+        match node_pod_cidrs(node) {
+            // A Node re-created (kubectl delete node, kubelet re-registers) has none until
+            // kube-controller-manager assigns them again: not a change yet.
+            Ok(cidrs) if cidrs.is_empty() => {
+                warn!(node = %me.name, registered = ?registered,
+                      "kubernetes: this node's Node has no pod CIDRs (re-created?); waiting for new ones");
+            }
+            Ok(cidrs) if !registered.is_empty() && cidrs != registered => {
                 warn!(node = %me.name, registered = ?registered, now = ?cidrs,
                       "kubernetes: this node's pod CIDRs changed; restart weftd to use them");
             }
+            _ => {}
         }
         if !annotations_current(node, me) && !self.needs_patch {
             info!(node = %me.name, "kubernetes: this node's annotations are missing or stale, patching");
@@ -345,8 +365,8 @@ impl OwnNode {
         }
     }
 
-    async fn patch(&mut self, api: &Api<Node>, me: &LocalIdentity, health: &Health) {
-        match patch_annotations(api, &me.name, me).await {
+    async fn patch(&mut self, api: &Api<Node>, server: &str, me: &LocalIdentity, health: &Health) {
+        match patch_annotations(api, server, &me.name, me).await {
             Ok(()) => {
                 self.needs_patch = false;
                 self.backoff.reset();
@@ -361,20 +381,55 @@ impl OwnNode {
     }
 }
 
-/// One API request, bounded by [`REQUEST_TIMEOUT`]; the error says what failed.
+/// One API request, bounded by [`REQUEST_TIMEOUT`]; the error says what failed, where, why.
 async fn call<T>(
+    server: &str,
     what: String,
     fut: impl Future<Output = Result<T, ::kube::Error>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {REQUEST_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(describe_error(&what, server, &e)),
+        Err(_) => Err(format!(
+            "{what} at {server}: no answer within {REQUEST_TIMEOUT:?}"
+        )),
     }
 }
 
+/// An API error as an operator can act on it. A request the server refused: its own message
+/// and code (a 403 names the user and the missing permission). Anything else (connection
+/// refused, TLS, DNS, timeout): the server's address and the whole chain of causes, which the
+/// client's own message ("ServiceError: client error (Connect)") leaves out.
+pub fn describe_error(what: &str, server: &str, e: &::kube::Error) -> String {
+    if let ::kube::Error::Api(status) = e {
+        let reason = if status.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", status.reason)
+        };
+        return format!("{what}: {} (HTTP {}{reason})", status.message, status.code);
+    }
+    let mut msg = format!("{what} at {server}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Each layer tends to repeat the one below it in its own message.
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = cause.source();
+    }
+    msg
+}
+
 /// Merge patch of our annotations; a VTEP MAC we no longer have is removed (`null`).
-async fn patch_annotations(api: &Api<Node>, name: &str, me: &LocalIdentity) -> Result<(), String> {
+async fn patch_annotations(
+    api: &Api<Node>,
+    server: &str,
+    name: &str,
+    me: &LocalIdentity,
+) -> Result<(), String> {
     let patch = serde_json::json!({
         "metadata": { "annotations": {
             ANNOTATION_UNDERLAY_IP: me.underlay_ip.to_string(),
@@ -382,6 +437,7 @@ async fn patch_annotations(api: &Api<Node>, name: &str, me: &LocalIdentity) -> R
         }}
     });
     call(
+        server,
         format!("annotate node {name}"),
         api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
     )

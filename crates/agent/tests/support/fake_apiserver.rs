@@ -45,6 +45,8 @@ struct Store {
     compacted: u64,
     /// Between `stop` and `restart`: requests still arriving on open connections get 503.
     stopped: bool,
+    /// `GET /api/v1/nodes/{name}` answers 403 Forbidden for this user (RBAC taken away).
+    forbidden_user: Option<String>,
 }
 
 struct Inner {
@@ -202,6 +204,12 @@ impl FakeApiServer {
         let _ = self.inner.events.send(Msg::Close);
     }
 
+    /// Answers `GET` of a node with 403 Forbidden, worded as kube-apiserver words it, as if
+    /// `user`'s ClusterRoleBinding had been removed (`None`: allowed again).
+    pub fn forbid(&self, user: Option<&str>) {
+        self.inner.store.lock().unwrap().forbidden_user = user.map(str::to_string);
+    }
+
     /// Every request so far, as `METHOD /path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.inner.requests.lock().unwrap().clone()
@@ -327,7 +335,18 @@ async fn unknown(State(inner): State<Shared>, method: Method, uri: Uri) -> Respo
 
 async fn get_node(State(inner): State<Shared>, Path(name): Path<String>, uri: Uri) -> Response {
     record(&inner, &Method::GET, &uri);
-    match inner.store.lock().unwrap().nodes.get(&name) {
+    let store = inner.store.lock().unwrap();
+    if let Some(user) = &store.forbidden_user {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "nodes \"{name}\" is forbidden: User \"{user}\" cannot get resource \"nodes\" \
+                 in API group \"\" at the cluster scope"
+            ),
+        );
+    }
+    match store.nodes.get(&name) {
         Some(node) => Json(node.clone()).into_response(),
         None => status(
             StatusCode::NOT_FOUND,
