@@ -6,12 +6,13 @@
 
 use crate::backend::{self, LocalView, PathKind};
 use crate::config::{BackendKind, DatastoreKind, FirewallKind, RunConfig};
+use crate::datastore::OwnState;
 use crate::datastore::{self, Datastore, Health};
 use crate::metrics::{ObjectLabel, PathLabel};
 use crate::node::{LocalIdentity, NodeRecord, Registration};
 use crate::reconcile::{self, Report};
 use crate::underlay::{self, Underlay};
-use crate::{cniconf, http, vxlan};
+use crate::{cniconf, desired, http, vxlan};
 use ipnet::IpNet;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -255,7 +256,8 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
         cfg: cfg.clone(),
         underlay: Mutex::new(underlay),
         vtep_mac,
-        pod_cidrs: reg.pod_cidrs.clone(),
+        pod_cidrs: Mutex::new(reg.pod_cidrs.clone()),
+        own_lost: Mutex::new(None),
         pod_mtu,
         firewall,
         policy,
@@ -266,12 +268,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
     let sh = shared.clone();
     blocking(move || n.converge_node(&sh)).await;
 
-    if cfg.health_port != 0 {
-        for gw in node.pod_cidrs.iter().filter_map(pod_gateway) {
-            let addr = std::net::SocketAddr::new(gw.addr(), cfg.health_port);
-            tokio::spawn(health_echo(addr, cfg.node_name.clone()));
-        }
-    }
+    let mut echoes = start_health_echoes(&cfg, &node.pod_cidrs());
 
     // The plugin's events are cheap to collect: once a second, off the reconcile path. New
     // events mean pods came or went: refresh the IPAM usage too.
@@ -291,9 +288,11 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
     });
 
     let (peers_tx, mut peers_rx) = watch::channel::<Option<Vec<NodeRecord>>>(None);
+    let (own_tx, mut own_rx) = watch::channel(OwnState::Registered(reg.pod_cidrs.clone()));
     let health = shared.health.clone();
     let me2 = me.clone();
-    let datastore_task = tokio::spawn(async move { store.run(me2, peers_tx, health).await });
+    let datastore_task =
+        tokio::spawn(async move { store.run(me2, peers_tx, own_tx, health).await });
 
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -309,6 +308,17 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
                     return Err(why);
                 }
                 false
+            }
+            _ = own_rx.changed() => {
+                let own = own_rx.borrow_and_update().clone();
+                if let OwnState::Registered(cidrs) = &own {
+                    if *cidrs != node.pod_cidrs() {
+                        echoes.iter().for_each(|t| t.abort());
+                        echoes = start_health_echoes(&cfg, cidrs);
+                    }
+                }
+                node.set_own(&shared, own);
+                true
             }
             _ = resync.tick() => true,
             _ = &mut shutdown => {
@@ -343,14 +353,7 @@ async fn shutdown_signal() {
     }
 }
 
-/// The pods' gateway in `cidr` (network + 1, the IPAM default) with the CIDR's prefix.
-pub fn pod_gateway(cidr: &IpNet) -> Option<IpNet> {
-    let gw = match cidr.network() {
-        std::net::IpAddr::V4(a) => std::net::IpAddr::V4((u32::from(a) + 1).into()),
-        std::net::IpAddr::V6(a) => std::net::IpAddr::V6((u128::from(a) + 1).into()),
-    };
-    IpNet::new(gw, cidr.prefix_len()).ok()
-}
+pub use crate::desired::pod_gateway;
 
 /// Answers each connection on `addr` with this node's name: the target of `weftd check
 /// --peers` on other nodes, reached through the pod network (routes, VXLAN, rules).
@@ -373,18 +376,61 @@ async fn health_echo(addr: std::net::SocketAddr, node: String) {
     }
 }
 
-/// This node's fixed facts plus the pieces that converge the node-level state.
+/// The health echo on each pod gateway (`weftd check --peers` on other nodes probes it).
+fn start_health_echoes(cfg: &RunConfig, pod_cidrs: &[IpNet]) -> Vec<tokio::task::JoinHandle<()>> {
+    if cfg.health_port == 0 {
+        return Vec::new();
+    }
+    pod_cidrs
+        .iter()
+        .filter_map(pod_gateway)
+        .map(|gw| {
+            let addr = std::net::SocketAddr::new(gw.addr(), cfg.health_port);
+            tokio::spawn(health_echo(addr, cfg.node_name.clone()))
+        })
+        .collect()
+}
+
+/// This node's facts plus the pieces that converge the node-level state.
 struct NodeSetup {
     cfg: RunConfig,
     underlay: Mutex<Underlay>,
     vtep_mac: Option<[u8; 6]>,
-    pod_cidrs: Vec<IpNet>,
+    /// This node's pod CIDRs as the datastore holds them now (they can change: see
+    /// [`OwnState`]).
+    pod_cidrs: Mutex<Vec<IpNet>>,
+    /// Why this node is not registered any more (own Node deleted, lease lost), if so.
+    own_lost: Mutex<Option<String>>,
     pod_mtu: u32,
     firewall: Option<Box<dyn Firewall>>,
     policy: Policy,
 }
 
 impl NodeSetup {
+    fn pod_cidrs(&self) -> Vec<IpNet> {
+        self.pod_cidrs.lock().unwrap().clone()
+    }
+
+    /// The datastore says what this node's registration is now. New pod CIDRs take effect at
+    /// the convergence that follows (new gateways and conflist, the old ones removed); while
+    /// unregistered, everything stays as it is (pods keep working) and readiness says why.
+    fn set_own(&self, shared: &Shared, own: OwnState) {
+        match own {
+            OwnState::Registered(cidrs) => {
+                let old = std::mem::replace(&mut *self.pod_cidrs.lock().unwrap(), cidrs.clone());
+                if old != cidrs {
+                    tracing::warn!(old = ?old, new = ?cidrs, "this node's pod CIDRs changed; moving the node to them");
+                }
+                *self.own_lost.lock().unwrap() = None;
+                shared.update(|s| s.pod_cidrs = cidrs);
+            }
+            OwnState::Lost(why) => {
+                tracing::warn!(reason = %why, "this node is not registered in the datastore");
+                *self.own_lost.lock().unwrap() = Some(why);
+            }
+        }
+    }
+
     /// Forwarding, VTEP, firewall rules and the CNI config; idempotent, run at start-up and on
     /// every resync (someone may have flushed the rules or deleted the VTEP).
     fn converge_node(&self, shared: &Shared) {
@@ -410,9 +456,15 @@ impl NodeSetup {
         }
         // The pod bridge with its gateway addresses, before any pod: the node's pod gateway
         // answers health probes from peers from the start.
-        let gateways: Vec<IpNet> = self.pod_cidrs.iter().filter_map(pod_gateway).collect();
-        if let Err(e) = weft_netops::bridge::ensure(&mut nl, &cfg.bridge, &gateways) {
-            problems.push(format!("bridge {}: {e}", cfg.bridge));
+        let pod_cidrs = self.pod_cidrs();
+        let gateways = desired::bridge_addresses(&pod_cidrs);
+        match weft_netops::bridge::ensure(&mut nl, &cfg.bridge, &gateways) {
+            Ok(bridge) => {
+                if let Err(e) = remove_stale_addresses(&mut nl, bridge.index, &gateways) {
+                    problems.push(format!("bridge {}: {e}", cfg.bridge));
+                }
+            }
+            Err(e) => problems.push(format!("bridge {}: {e}", cfg.bridge)),
         }
         let fw_status = self.firewall.as_ref().map(|fw| {
             let mut st = fw.status(&self.policy);
@@ -442,7 +494,7 @@ impl NodeSetup {
         let rules_ok = fw_status.as_ref().is_none_or(|s| s.in_place);
         let mut cni_written = None;
         if rules_ok && problems.is_empty() {
-            let conf = cniconf::conflist(cfg, &self.pod_cidrs, self.pod_mtu);
+            let conf = cniconf::conflist(cfg, &pod_cidrs, self.pod_mtu);
             match cniconf::write_if_changed(&cfg.cni_conf_dir, &conf) {
                 Ok(wrote) => {
                     if wrote {
@@ -459,12 +511,24 @@ impl NodeSetup {
         for p in &problems {
             tracing::warn!(problem = %p, "node set-up");
         }
+        let own_lost = self.own_lost.lock().unwrap().clone();
+        let stranded = self.stranded_pods(&pod_cidrs);
+        problems.extend(stranded.iter().map(|p| p.to_string()));
         shared.update(|s| {
-            s.ready = cni_written.is_some() && rules_ok;
+            s.ready =
+                cni_written.is_some() && rules_ok && own_lost.is_none() && stranded.is_empty();
             s.waiting_for = if s.ready {
                 None
+            } else if let Some(why) = &own_lost {
+                problems.push(why.clone());
+                Some(format!("this node's registration in the datastore: {why}"))
             } else if !rules_ok {
                 Some("firewall rules".into())
+            } else if !stranded.is_empty() {
+                Some(format!(
+                    "{} pod(s) with addresses of a former pod CIDR to be deleted (see problems)",
+                    stranded.len()
+                ))
             } else {
                 Some("node set-up (see problems)".into())
             };
@@ -474,10 +538,24 @@ impl NodeSetup {
         });
     }
 
+    /// Pods whose addresses (in the plugin's IPAM store) lie outside this node's pod CIDRs.
+    fn stranded_pods(&self, pod_cidrs: &[IpNet]) -> Vec<desired::StrandedPod> {
+        let Ok(list) = weft_ipam::Store::open(&self.cfg.ipam_data_dir, cniconf::NETWORK_NAME)
+            .and_then(|store| store.list())
+        else {
+            return Vec::new();
+        };
+        let reservations: Vec<_> = list
+            .into_iter()
+            .map(|(ip, a)| (ip, a.container_id, a.ifname))
+            .collect();
+        desired::stranded_pods(&reservations, pod_cidrs)
+    }
+
     /// weft_ipam_addresses{range, state}: read from the plugin's IPAM store.
     fn update_ipam_usage(&self, shared: &Shared) {
         let ranges: Vec<Vec<weft_ipam::RangeConfig>> = self
-            .pod_cidrs
+            .pod_cidrs()
             .iter()
             .map(|c| {
                 vec![weft_ipam::RangeConfig {
@@ -511,7 +589,7 @@ impl NodeSetup {
 
     fn enable_forwarding(&self) -> Result<(), String> {
         let mut keys = vec!["net/ipv4/ip_forward"];
-        if self.pod_cidrs.iter().any(|c| c.addr().is_ipv6()) {
+        if self.pod_cidrs().iter().any(|c| c.addr().is_ipv6()) {
             keys.push("net/ipv6/conf/all/forwarding");
         }
         for key in keys {
@@ -539,7 +617,7 @@ impl NodeSetup {
                 mac,
                 mtu: underlay.mtu - vxlan::VXLAN_OVERHEAD,
                 underlay: &underlay,
-                pod_cidrs: &self.pod_cidrs,
+                pod_cidrs: &self.pod_cidrs(),
             },
         )
         .map(Some)
@@ -624,6 +702,30 @@ impl NodeSetup {
         }
         shared.update(|s| s.last_reconcile = Some(report));
     }
+}
+
+/// Removes the addresses on `index` that are not in `want` (weftd owns every address on the
+/// bridge and the VTEP; link-local stays).
+pub(crate) fn remove_stale_addresses(
+    nl: &mut Netlink,
+    index: u32,
+    want: &[IpNet],
+) -> Result<(), String> {
+    let have: Vec<IpNet> = nl
+        .list_addresses(Some(index))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    for stale in desired::address_changes(&have, want).remove {
+        tracing::info!(address = %stale, ifindex = index, "removing an address of a former pod CIDR");
+        match nl.del_address(index, stale) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(format!("remove address {stale}: {e}")),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cniconf;
 pub mod config;
 pub mod datastore;
+pub mod desired;
 pub mod events;
 pub mod http;
 pub mod metrics;

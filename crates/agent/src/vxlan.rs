@@ -103,13 +103,15 @@ pub fn ensure(nl: &mut Netlink, spec: &VtepSpec) -> Result<u32, String> {
     let have = nl
         .list_addresses(Some(link.index))
         .map_err(|e| e.to_string())?;
-    for cidr in spec.pod_cidrs {
-        let want = vtep_addr(cidr);
-        if !have.iter().any(|(_, a)| *a == want) {
-            nl.add_address(link.index, want, true)
+    let want: Vec<IpNet> = spec.pod_cidrs.iter().map(vtep_addr).collect();
+    for addr in &want {
+        if !have.iter().any(|(_, a)| a == addr) {
+            nl.add_address(link.index, *addr, true)
                 .map_err(|e| e.to_string())?;
         }
     }
+    // Addresses of a former pod CIDR go (a new CIDR after the Node was re-created).
+    crate::agent::remove_stale_addresses(nl, link.index, &want)?;
     if !link.up {
         nl.set_link_up(link.index).map_err(|e| e.to_string())?;
     }

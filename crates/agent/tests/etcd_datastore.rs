@@ -14,7 +14,7 @@ use weft_agent::datastore::etcd::{
     list_nodes, read_cluster_config, subnet_key, write_cluster_config, ClusterConfig, EtcdConfig,
     EtcdStore, STATE_FILE,
 };
-use weft_agent::datastore::Health;
+use weft_agent::datastore::{Health, OwnState};
 use weft_agent::node::{LocalIdentity, NodeRecord, Registration};
 
 const PREFIX: &str = "/weft/network";
@@ -209,6 +209,7 @@ struct Running {
     reg: Registration,
     health: Health,
     peers: watch::Receiver<Option<Vec<NodeRecord>>>,
+    _own: watch::Receiver<OwnState>,
     task: tokio::task::JoinHandle<()>,
     _state: TempDir,
 }
@@ -221,15 +222,17 @@ impl Running {
         let mut s = store(etcd, state.path(), ttl);
         let reg = s.register(&me, &health).await.unwrap();
         let (tx, peers) = watch::channel(None);
+        let (own_tx, own) = watch::channel(OwnState::Registered(reg.pod_cidrs.clone()));
         let (me2, health2) = (me.clone(), health.clone());
         let task = tokio::spawn(async move {
-            s.run(me2, tx, health2).await.unwrap();
+            s.run(me2, tx, own_tx, health2).await.unwrap();
         });
         Running {
             me,
             reg,
             health,
             peers,
+            _own: own,
             task,
             _state: state,
         }
@@ -518,7 +521,7 @@ async fn run_streams_peers_new_nodes_and_expired_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_own_key_is_recreated_and_stolen_subnet_is_fatal() {
+async fn lost_own_key_is_recreated_and_stolen_subnet_is_replaced() {
     let etcd = Etcd::start().await;
     write_cluster_config(&etcd.endpoints(), PREFIX, &v4_config())
         .await
@@ -554,7 +557,8 @@ async fn lost_own_key_is_recreated_and_stolen_subnet_is_fatal() {
     )
     .await;
 
-    // A node whose subnet went to another node while its lease was lost must stop.
+    // A node whose subnet went to another node while its lease was lost claims another one
+    // and says so (issue 11: it used to stop, and weftd exited).
     let state = tempfile::tempdir().unwrap();
     let d = me("d", "192.168.0.4");
     let mut s = store(&etcd, state.path(), ttl);
@@ -573,12 +577,39 @@ async fn lost_own_key_is_recreated_and_stolen_subnet_is_fatal() {
         .unwrap();
     let health = Health::default();
     let (tx, _rx) = watch::channel(None);
-    let err = tokio::time::timeout(Duration::from_secs(10), s.run(d, tx, health.clone()))
+    let (own_tx, mut own) = watch::channel(OwnState::Registered(reg_d.pod_cidrs.clone()));
+    let task = tokio::spawn(s.run(d.clone(), tx, own_tx, health.clone()));
+    let lost = tokio::time::timeout(
+        Duration::from_secs(10),
+        own.wait_for(|o| matches!(o, OwnState::Lost(_))),
+    )
+    .await
+    .expect("the loss is reported")
+    .unwrap()
+    .clone();
+    let OwnState::Lost(why) = lost else {
+        unreachable!()
+    };
+    assert!(why.contains("intruder"), "{why}");
+    let now = tokio::time::timeout(
+        Duration::from_secs(10),
+        own.wait_for(|o| matches!(o, OwnState::Registered(_))),
+    )
+    .await
+    .expect("a new subnet is claimed")
+    .unwrap()
+    .clone();
+    let OwnState::Registered(new_cidrs) = now else {
+        unreachable!()
+    };
+    assert_ne!(new_cidrs, reg_d.pod_cidrs);
+    let (rec, _) = stored(&etcd, &subnet_key(PREFIX, new_cidrs[0]))
         .await
-        .expect("run returns")
-        .unwrap_err();
-    assert!(err.to_string().contains("intruder"), "{err}");
-    assert!(!health.get().connected);
+        .unwrap();
+    assert_eq!(rec.name, "d");
+    assert_eq!(stored(&etcd, &key).await.unwrap().0.name, "intruder");
+    assert!(health.get().connected);
+    task.abort();
     drop(a);
 }
 

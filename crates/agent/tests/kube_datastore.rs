@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use weft_agent::datastore::kube::{
     KubeConfig, KubeStore, ANNOTATION_UNDERLAY_IP, ANNOTATION_VTEP_MAC,
 };
-use weft_agent::datastore::{DatastoreError, Health};
+use weft_agent::datastore::{DatastoreError, Health, OwnState};
 use weft_agent::node::{LocalIdentity, NodeRecord, Registration};
 
 /// weftd's logs in the test output (`RUST_LOG=debug cargo test ... -- --nocapture`).
@@ -51,6 +51,8 @@ struct Setup {
     fake: FakeApiServer,
     _dir: TempDir,
     store: Option<KubeStore>,
+    /// This node's own state as the running store reports it.
+    own: Option<watch::Receiver<OwnState>>,
 }
 
 impl Setup {
@@ -69,6 +71,7 @@ impl Setup {
             fake,
             _dir: dir,
             store: Some(store),
+            own: None,
         }
     }
 
@@ -90,10 +93,12 @@ impl Setup {
         let (store, reg) = within(Duration::from_secs(10), "register", self.register(health))
             .await
             .unwrap();
-        reg.unwrap();
+        let reg = reg.unwrap();
         let (tx, rx) = watch::channel(None);
+        let (own_tx, own) = watch::channel(OwnState::Registered(reg.pod_cidrs.clone()));
+        self.own = Some(own);
         let health = health.clone();
-        tokio::spawn(async move { store.run(me(), tx, health).await });
+        tokio::spawn(async move { store.run(me(), tx, own_tx, health).await });
         rx
     }
 
@@ -551,4 +556,66 @@ async fn forbidden_reads_as_the_servers_message() {
         .await
         .unwrap();
     reg.unwrap();
+}
+
+/// Issue 11: a Node deleted and re-created gets a new podCIDR; the store reports the loss and
+/// then the new CIDR (weftd used to log "restart weftd" and keep the old one).
+#[tokio::test]
+async fn own_node_deleted_and_recreated_reports_loss_then_the_new_cidr() {
+    let mut s = Setup::new().await;
+    s.fake.put_node(node_json(
+        "n1",
+        &["10.244.1.0/24"],
+        Some("192.168.50.1"),
+        &[],
+    ));
+    let health = Health::default();
+    let _peers = s.run(&health).await;
+    let mut own = s.own.take().unwrap();
+
+    s.fake.delete_node("n1");
+    let lost = within(
+        Duration::from_secs(5),
+        "loss reported",
+        own.wait_for(|o| matches!(o, OwnState::Lost(_))),
+    )
+    .await
+    .unwrap()
+    .clone();
+    assert_eq!(
+        lost,
+        OwnState::Lost("this node's Node object n1 was deleted".into())
+    );
+
+    // kubelet registers it again; no CIDR until kube-controller-manager assigns one.
+    s.fake
+        .put_node(node_json("n1", &[], Some("192.168.50.1"), &[]));
+    let waiting = within(
+        Duration::from_secs(5),
+        "no-CIDR reported",
+        own.wait_for(|o| matches!(o, OwnState::Lost(w) if w.contains("no spec.podCIDRs"))),
+    )
+    .await
+    .unwrap()
+    .clone();
+    assert!(matches!(waiting, OwnState::Lost(_)));
+    s.fake
+        .patch_node("n1", json!({ "spec": { "podCIDRs": ["10.244.9.0/24"] } }));
+    let now = within(
+        Duration::from_secs(5),
+        "new CIDR reported",
+        own.wait_for(|o| matches!(o, OwnState::Registered(_))),
+    )
+    .await
+    .unwrap()
+    .clone();
+    assert_eq!(now, OwnState::Registered(vec![net("10.244.9.0/24")]));
+    // Our annotations are put back on the new object.
+    eventually(Duration::from_secs(5), "annotations restored", || {
+        s.fake
+            .node("n1")
+            .and_then(|n| annotation(&n, ANNOTATION_UNDERLAY_IP))
+            .is_some()
+    })
+    .await;
 }

@@ -961,3 +961,133 @@ fn ping_summary_parses() {
     assert_eq!(parse_ping(out), Some((3, 2, vec![1, 3])));
     assert_eq!(parse_ping("nothing"), None);
 }
+
+// ------------------------------------------------------------------ the node's CIDR changes
+
+/// Issue 11: a node whose subnet is given to another node while it is registered (its lease
+/// lost, the subnet claimed again: etcd's counterpart of a Node deleted and re-created with a
+/// new podCIDR) moves to a new subnet without a restart: new gateway and conflist, the old
+/// gateway gone from the bridge, peers route the new subnet to it, a new pod works across
+/// nodes; the pod left with an address of the old subnet is named and readiness says why
+/// until it is deleted.
+#[test]
+fn a_node_moved_to_another_subnet_converges_without_restart() {
+    let mut c = start(config("host-gw", "nftables", 2, false));
+    let old_pod = add_pod(&mut c, "n1", "old");
+    let peer_pod = add_pod(&mut c, "n2", "peer");
+    let old_cidrs = agent_status(&c, "n1")["pod_cidrs"].clone();
+    let pid_before = c
+        .procs()
+        .iter()
+        .find(|p| p.what == "weftd on n1")
+        .map(|p| p.pid());
+
+    // The subnet goes to an "intruder" (another underlay address) while n1 is running.
+    let (key, mut record) = c
+        .etcd_subnets()
+        .unwrap()
+        .into_iter()
+        .find(|(_, v)| v["name"] == "n1")
+        .unwrap();
+    record["name"] = "intruder".into();
+    record["underlay_ip"] = "10.99.99.99".into();
+    c.etcdctl(&["put", &key, &record.to_string()]).unwrap();
+
+    let moved = wait_for(Duration::from_secs(15), || {
+        let s = agent_status(&c, "n1");
+        s["pod_cidrs"] != old_cidrs && s["pod_cidrs"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    assert!(
+        moved.is_some(),
+        "n1 kept its old subnet:\n{}",
+        weftd_log(&c, "n1")
+    );
+    eprintln!("n1 moved to a new subnet after {moved:?}");
+    let status = agent_status(&c, "n1");
+    let new_cidr: IpNet = status["pod_cidrs"][0].as_str().unwrap().parse().unwrap();
+    let old_cidr: IpNet = old_cidrs[0].as_str().unwrap().parse().unwrap();
+    assert_ne!(new_cidr, old_cidr);
+
+    // Converged: the bridge carries exactly the new gateway, the conflist the new subnet.
+    let gateway = weft_agent_gateway(&new_cidr);
+    let converged = wait_for(Duration::from_secs(15), || {
+        let mut nl = Netlink::in_netns(node(&c, "n1").ns()).unwrap();
+        let br = nl.get_link_by_name("weft0").unwrap().unwrap();
+        let addrs: Vec<IpNet> = nl
+            .list_addresses(Some(br.index))
+            .unwrap()
+            .into_iter()
+            .map(|(_, a)| a)
+            .filter(|a| a.addr().is_ipv4())
+            .collect();
+        addrs == [gateway]
+            && std::fs::read_to_string(node(&c, "n1").conflist_path())
+                .is_ok_and(|t| t.contains(&new_cidr.to_string()))
+    });
+    assert!(
+        converged.is_some(),
+        "n1 did not converge:\n{}",
+        weftd_log(&c, "n1")
+    );
+
+    // The stranded pod is named; readiness says why.
+    let status = agent_status(&c, "n1");
+    assert_eq!(status["ready"], false);
+    let old_ip = old_pod.ips[0].to_string();
+    assert!(
+        status["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains(&old_ip)),
+        "{status}"
+    );
+    let (code, body) = probe::http_get(
+        node(&c, "n1").ns(),
+        AGENT_LISTEN,
+        "/readyz",
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("former pod CIDR"), "{body}");
+
+    // A new pod gets the new subnet and works across nodes both ways.
+    let new_pod = add_pod(&mut c, "n1", "new");
+    assert!(new_cidr.contains(&new_pod.ips[0]), "{:?}", new_pod.ips);
+    let reach = wait_for(Duration::from_secs(10), || {
+        probe::ping(new_pod.netns.handle(), peer_pod.ips[0])
+            && probe::ping(peer_pod.netns.handle(), new_pod.ips[0])
+    });
+    assert!(
+        reach.is_some(),
+        "new pod on n1 and pod on n2 do not reach each other"
+    );
+
+    // Deleting the stranded pod makes the node ready again.
+    c.remove_pod("old").unwrap();
+    let ready = wait_for(Duration::from_secs(15), || {
+        agent_status(&c, "n1")["ready"] == true
+    });
+    assert!(ready.is_some(), "{}", agent_status(&c, "n1"));
+    // All without a restart.
+    let pid_after = c
+        .procs()
+        .iter()
+        .find(|p| p.what == "weftd on n1")
+        .map(|p| p.pid());
+    assert_eq!(pid_before, pid_after, "weftd was restarted");
+    tear_down(c);
+}
+
+/// The gateway weftd puts on the bridge for `cidr` (network + 1).
+fn weft_agent_gateway(cidr: &IpNet) -> IpNet {
+    let IpAddr::V4(net) = cidr.network() else {
+        panic!("IPv4 only")
+    };
+    IpNet::new(
+        IpAddr::V4(Ipv4Addr::from(u32::from(net) + 1)),
+        cidr.prefix_len(),
+    )
+    .unwrap()
+}

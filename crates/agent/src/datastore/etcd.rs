@@ -16,7 +16,7 @@
 //! subnet. A node that restarts within the TTL finds its own key and keeps its subnet; after a
 //! longer absence it asks for the subnet remembered in `<state_dir>/etcd-subnet.json` first.
 
-use super::{Backoff, DatastoreError, Health, PeersTx};
+use super::{report_own, Backoff, DatastoreError, Health, OwnState, OwnTx, PeersTx};
 use crate::node::{LocalIdentity, NodeRecord, Registration};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
@@ -353,6 +353,8 @@ enum Fail {
     Unavailable(String),
     /// Our registration changed under us (lease expired, key deleted): start over at once.
     Resync(String),
+    /// Our subnet now belongs to another node (our lease expired meanwhile): claim another.
+    Lost(String),
     /// Retrying cannot help.
     Fatal(DatastoreError),
 }
@@ -360,7 +362,7 @@ enum Fail {
 impl Fail {
     fn into_error(self) -> DatastoreError {
         match self {
-            Fail::Unavailable(m) | Fail::Resync(m) => DatastoreError::Etcd(m),
+            Fail::Unavailable(m) | Fail::Resync(m) | Fail::Lost(m) => DatastoreError::Etcd(m),
             Fail::Fatal(e) => e,
         }
     }
@@ -566,7 +568,7 @@ impl EtcdStore {
                     health.failed(&e);
                     return Err(e);
                 }
-                Err(Fail::Unavailable(msg)) | Err(Fail::Resync(msg)) => {
+                Err(Fail::Unavailable(msg)) | Err(Fail::Resync(msg)) | Err(Fail::Lost(msg)) => {
                     warn!(endpoints = ?self.cfg.endpoints, error = %msg, "etcd: cannot register yet, retrying");
                     health.failed(format!("etcd: {msg}"));
                     tokio::time::sleep(backoff.next()).await;
@@ -653,20 +655,23 @@ impl EtcdStore {
 
     /// Keeps the lease alive and sends the full list of other nodes on every change. On etcd
     /// trouble it marks `health` failed, reconnects with backoff and resumes from a full read.
-    /// Returns only if this node's subnet was given to another node (its lease expired).
+    /// If this node's subnet was given to another node (its lease expired meanwhile), it
+    /// claims another and reports it on `own`: the agent moves the node to it.
     pub async fn run(
         mut self,
         me: LocalIdentity,
         peers: PeersTx,
+        own: OwnTx,
         health: Health,
     ) -> Result<(), DatastoreError> {
-        let Some(claimed) = self.claimed.clone() else {
+        if self.claimed.is_none() {
             return Err(DatastoreError::Etcd(
                 "run() called before register()".into(),
             ));
-        };
+        }
         let mut backoff = Backoff::new();
         loop {
+            let claimed = self.claimed.clone().expect("registered");
             let fail = match self
                 .session(&claimed, &me, &peers, &health, &mut backoff)
                 .await
@@ -678,6 +683,15 @@ impl EtcdStore {
                 Fail::Fatal(e) => {
                     health.failed(&e);
                     return Err(e);
+                }
+                Fail::Lost(msg) => {
+                    warn!(node = me.name, reason = %msg, "etcd: own subnet lost, claiming another");
+                    health.failed(format!("etcd: {msg}"));
+                    report_own(&own, OwnState::Lost(msg));
+                    self.claimed = None;
+                    self.lease = None;
+                    let reg = self.register(&me, &health).await?;
+                    report_own(&own, OwnState::Registered(reg.pod_cidrs));
                 }
                 Fail::Resync(msg) => {
                     warn!(node = me.name, reason = %msg, "etcd: resyncing");
@@ -750,12 +764,11 @@ impl EtcdStore {
             }
             Claim::Raced => return Err(Fail::Resync(format!("{} changed", claimed.key))),
             Claim::TakenBy(other) => {
-                return Err(Fail::Fatal(DatastoreError::Etcd(format!(
+                return Err(Fail::Lost(format!(
                     "subnet {:?} ({}) of node {:?} now belongs to node {other:?}: this node's \
-                     lease expired and the subnet was claimed again; restart weftd to claim a \
-                     new subnet",
+                     lease expired and the subnet was claimed again",
                     claimed.pod_cidrs, claimed.key, me.name
-                ))))
+                )))
             }
         }
 

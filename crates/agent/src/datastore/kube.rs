@@ -14,7 +14,7 @@
 //! RBAC (a ClusterRole bound to weftd's service account): `nodes`: `get`, `list`, `watch`,
 //! `patch`.
 
-use super::{Backoff, DatastoreError, Health, PeersTx};
+use super::{report_own, Backoff, DatastoreError, Health, OwnState, OwnTx, PeersTx};
 use crate::node::{LocalIdentity, NodeRecord, Registration};
 use ::kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
@@ -60,8 +60,6 @@ pub struct KubeStore {
     client: Option<Client>,
     /// The API server's URL, for error messages.
     server: String,
-    /// This node's pod CIDRs as registered, to notice when they change under us.
-    pod_cidrs: Vec<IpNet>,
 }
 
 type NodeEvents = Pin<Box<dyn Stream<Item = ::kube::Result<WatchEvent<Node>>> + Send>>;
@@ -72,7 +70,6 @@ impl KubeStore {
             cfg,
             client: None,
             server: String::new(),
-            pod_cidrs: Vec::new(),
         }
     }
 
@@ -131,7 +128,6 @@ impl KubeStore {
         health.ok();
         info!(node = %name, pod_cidrs = ?pod_cidrs, underlay_ip = %me.underlay_ip,
               "kubernetes: registered");
-        self.pod_cidrs = pod_cidrs.clone();
         Ok(Registration {
             pod_cidrs,
             cluster_cidrs: self.cfg.cluster_cidrs.clone(),
@@ -145,12 +141,16 @@ impl KubeStore {
         mut self,
         me: LocalIdentity,
         peers: PeersTx,
+        own: OwnTx,
         health: Health,
     ) -> Result<(), DatastoreError> {
         let api: Api<Node> = Api::all(self.client().await?);
         let mut backoff = Backoff::new();
         loop {
-            let err = match self.sync(&api, &me, &peers, &health, &mut backoff).await {
+            let err = match self
+                .sync(&api, &me, &peers, &own, &health, &mut backoff)
+                .await
+            {
                 // 410 Gone: our version is too old to resume from; list again.
                 SyncEnd::Expired => {
                     debug!("kubernetes: watch version expired, listing again");
@@ -173,6 +173,7 @@ impl KubeStore {
         api: &Api<Node>,
         me: &LocalIdentity,
         peers: &PeersTx,
+        own_tx: &OwnTx,
         health: &Health,
         backoff: &mut Backoff,
     ) -> SyncEnd {
@@ -200,7 +201,7 @@ impl KubeStore {
         health.ok();
         debug!(nodes = nodes.len(), version, "kubernetes: listed nodes");
         let mut own = OwnNode::new();
-        own.check(nodes.get(&me.name), me, &self.pod_cidrs);
+        report_own(own_tx, own.check(nodes.get(&me.name), me));
         publish(&nodes, me, peers);
 
         loop {
@@ -245,7 +246,7 @@ impl KubeStore {
                         };
                         version = node.metadata.resource_version.clone().unwrap_or(version);
                         if name == me.name {
-                            own.check(Some(&node), me, &self.pod_cidrs);
+                            report_own(own_tx, own.check(Some(&node), me));
                         }
                         nodes.insert(name, node);
                     }
@@ -255,7 +256,7 @@ impl KubeStore {
                         };
                         version = node.metadata.resource_version.clone().unwrap_or(version);
                         if name == me.name {
-                            own.check(None, me, &self.pod_cidrs);
+                            report_own(own_tx, own.check(None, me));
                         }
                         nodes.remove(&name);
                     }
@@ -338,30 +339,29 @@ impl OwnNode {
         }
     }
 
-    /// Looks at the latest version of our own Node (`None`: it was deleted).
-    fn check(&mut self, node: Option<&Node>, me: &LocalIdentity, registered: &[IpNet]) {
+    /// Looks at the latest version of our own Node (`None`: it was deleted): what this node's
+    /// registration is now, and whether our annotations need putting back.
+    fn check(&mut self, node: Option<&Node>, me: &LocalIdentity) -> OwnState {
         let Some(node) = node else {
             warn!(node = %me.name, "kubernetes: this node's Node object was deleted");
             self.needs_patch = false;
-            return;
+            return OwnState::Lost(format!("this node's Node object {} was deleted", me.name));
         };
-        match node_pod_cidrs(node) {
-            // A Node re-created (kubectl delete node, kubelet re-registers) has none until
-            // kube-controller-manager assigns them again: not a change yet.
-            Ok(cidrs) if cidrs.is_empty() => {
-                warn!(node = %me.name, registered = ?registered,
-                      "kubernetes: this node's Node has no pod CIDRs (re-created?); waiting for new ones");
-            }
-            Ok(cidrs) if !registered.is_empty() && cidrs != registered => {
-                warn!(node = %me.name, registered = ?registered, now = ?cidrs,
-                      "kubernetes: this node's pod CIDRs changed; restart weftd to use them");
-            }
-            _ => {}
-        }
         if !annotations_current(node, me) && !self.needs_patch {
             info!(node = %me.name, "kubernetes: this node's annotations are missing or stale, patching");
             self.needs_patch = true;
             self.retry_at = tokio::time::Instant::now();
+        }
+        match node_pod_cidrs(node) {
+            // A Node re-created (kubectl delete node, kubelet re-registers) has none until
+            // kube-controller-manager assigns them again.
+            Ok(cidrs) if cidrs.is_empty() => OwnState::Lost(format!(
+                "node {} has no spec.podCIDRs (re-created?): waiting for kube-controller-manager \
+                 to assign one",
+                me.name
+            )),
+            Ok(cidrs) => OwnState::Registered(cidrs),
+            Err(e) => OwnState::Lost(e),
         }
     }
 

@@ -15,6 +15,31 @@ use tokio::sync::watch;
 /// The peer set as last reported; `None` until the datastore delivered its first full list.
 pub type PeersTx = watch::Sender<Option<Vec<NodeRecord>>>;
 
+/// This node's own record as the datastore holds it now. It can change after registration:
+/// a Node deleted and re-created gets a new podCIDR from kube-controller-manager; an etcd lease
+/// lost while the subnet went to another node is claimed anew.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnState {
+    /// Registered with these pod CIDRs.
+    Registered(Vec<ipnet::IpNet>),
+    /// Not registered any more, and why (own Node deleted, or without a pod CIDR; lease lost).
+    Lost(String),
+}
+
+/// Where a datastore reports [`OwnState`]; starts as the registration's pod CIDRs.
+pub type OwnTx = watch::Sender<OwnState>;
+
+/// Sends `state` if it differs from what was last sent.
+pub(crate) fn report_own(own: &OwnTx, state: OwnState) {
+    own.send_if_modified(|cur| {
+        let changed = *cur != state;
+        if changed {
+            *cur = state;
+        }
+        changed
+    });
+}
+
 /// Datastore connectivity, shared with readiness, status and metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Health(Arc<Mutex<HealthState>>);
@@ -80,18 +105,19 @@ impl Datastore {
         }
     }
 
-    /// Keeps the registration alive and sends the full peer list on every change. Returns
-    /// only on a fatal error.
+    /// Keeps the registration alive, sends the full peer list on every change and this
+    /// node's own state when it changes. Returns only on a fatal error.
     pub async fn run(
         self,
         me: LocalIdentity,
         peers: PeersTx,
+        own: OwnTx,
         health: Health,
     ) -> Result<(), DatastoreError> {
         match self {
-            Datastore::Static(s) => s.run(me, peers, health).await,
-            Datastore::Etcd(s) => s.run(me, peers, health).await,
-            Datastore::Kubernetes(s) => s.run(me, peers, health).await,
+            Datastore::Static(s) => s.run(me, peers, own, health).await,
+            Datastore::Etcd(s) => s.run(me, peers, own, health).await,
+            Datastore::Kubernetes(s) => s.run(me, peers, own, health).await,
         }
     }
 }

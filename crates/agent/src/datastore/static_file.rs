@@ -9,7 +9,7 @@
 //! the file for nodes reached over VXLAN; weftd derives its own MAC from it too.
 //! The file is re-read every few seconds; edits take effect without a restart.
 
-use super::{DatastoreError, Health, PeersTx};
+use super::{report_own, DatastoreError, Health, OwnState, OwnTx, PeersTx};
 use crate::node::{LocalIdentity, NodeRecord, Registration};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -72,12 +72,22 @@ impl StaticStore {
         self,
         me: LocalIdentity,
         peers: PeersTx,
+        own: OwnTx,
         health: Health,
     ) -> Result<(), DatastoreError> {
         loop {
             match self.load() {
                 Ok(file) => {
                     health.ok();
+                    let state = match file.nodes.iter().find(|n| n.name == me.name) {
+                        Some(mine) => OwnState::Registered(mine.pod_cidrs.clone()),
+                        None => OwnState::Lost(format!(
+                            "node {:?} is not listed in {} any more",
+                            me.name,
+                            self.path.display()
+                        )),
+                    };
+                    report_own(&own, state);
                     let others: Vec<NodeRecord> = file
                         .nodes
                         .into_iter()
