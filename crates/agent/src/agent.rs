@@ -258,6 +258,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
         vtep_mac,
         pod_cidrs: Mutex::new(reg.pod_cidrs.clone()),
         own_lost: Mutex::new(None),
+        programmed: Mutex::new(None),
         pod_mtu,
         firewall,
         policy,
@@ -337,7 +338,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
             // Until the datastore has delivered a complete peer list, change nothing: what the
             // kernel has is the best knowledge there is.
             if let Some(peers) = peers {
-                n.reconcile_peers(&sh, &peers);
+                n.reconcile_peers(&sh, &peers, full);
             }
         })
         .await;
@@ -401,6 +402,9 @@ struct NodeSetup {
     pod_cidrs: Mutex<Vec<IpNet>>,
     /// Why this node is not registered any more (own Node deleted, lease lost), if so.
     own_lost: Mutex<Option<String>>,
+    /// What the last reconcile left programmed for the peers; `None` until the first full
+    /// read of the kernel (and after a failed one).
+    programmed: Mutex<Option<reconcile::Dataplane>>,
     pod_mtu: u32,
     firewall: Option<Box<dyn Firewall>>,
     policy: Policy,
@@ -623,7 +627,10 @@ impl NodeSetup {
         .map(Some)
     }
 
-    fn reconcile_peers(&self, shared: &Shared, peers: &[NodeRecord]) {
+    /// Programs the peers. `full`: against the kernel as read now (the resync, which repairs
+    /// what was changed behind weft's back); otherwise against the record of the last apply,
+    /// so that a datastore event costs its change, not a dump of every route.
+    fn reconcile_peers(&self, shared: &Shared, peers: &[NodeRecord], full: bool) {
         let started = Instant::now();
         let mut nl = match Netlink::new() {
             Ok(nl) => nl,
@@ -650,7 +657,20 @@ impl NodeSetup {
             .iter()
             .map(|p| backend::plan_peer(&local, p))
             .collect();
-        let report = reconcile::reconcile(&mut nl, &plans, vtep_index);
+        let mut programmed = self.programmed.lock().unwrap();
+        if full || programmed.is_none() {
+            match reconcile::Dataplane::read(&mut nl, vtep_index) {
+                Ok(now) => *programmed = Some(now),
+                Err(e) => {
+                    *programmed = None;
+                    tracing::warn!(error = %e, "reconcile: cannot read the kernel");
+                    shared.metrics.reconcile_errors.inc();
+                    return;
+                }
+            }
+        }
+        let report = reconcile::reconcile(&mut nl, &plans, programmed.as_mut().expect("read"));
+        drop(programmed);
         let took = started.elapsed();
 
         let m = &shared.metrics;
