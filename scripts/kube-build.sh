@@ -22,7 +22,8 @@
 # printing patches (one is the CVE-2021-25743 fix). Upstream built v1.20 with Go 1.15 in GOPATH
 # mode; Debian bookworm has Go 1.19, so three mends are needed (see /work/shared/FIELD-NOTES.md,
 # "A real Kubernetes on this machine"); each is explained where it is applied below.
-# A full build takes ~10 minutes on 2 cores; a run with the cache complete takes milliseconds.
+# A full build takes 5-10 minutes on 2 cores and ~4 GB of disk at its peak (~430 MB once done);
+# a run with the cache complete takes milliseconds.
 # Needs root only when it must install Debian packages or add the deb-src entry.
 set -euo pipefail
 
@@ -114,6 +115,7 @@ for p in "${PACKAGES[@]}"; do
 done
 
 have_deb_src() {
+  # shellcheck disable=SC2016 # $(FIELD) is apt's own template syntax, not the shell's
   apt-get indextargets --format '$(IDENTIFIER) $(RELEASE) $(COMPONENT)' 2>/dev/null \
     | grep -qx 'Sources bookworm main'
 }
@@ -182,6 +184,9 @@ fi
 mkdir -p "$WORK"
 TREE=$WORK/tree
 log "extracting $(basename "$DSC") (checksums from the .dsc; Debian's patches applied)"
+# dpkg-source checks every file against the .dsc's checksums; gpgv's "Can't check signature: No
+# public key" about the .dsc itself is expected without debian-keyring, and harmless: apt already
+# verified the .dsc against the signed Sources index when it downloaded it.
 dpkg-source -q -x "$DSC" "$TREE" >&2
 [[ -d $TREE/vendor && -f $TREE/vendor/modules.txt ]] || die "no vendor/ in $TREE"
 grep -q '^module k8s.io/kubernetes$' "$TREE/go.mod" || die "$TREE/go.mod is not k8s.io/kubernetes"
@@ -193,6 +198,10 @@ cd "$TREE"
 # -buildvcs=false: Go >= 1.18 would otherwise shell out to git if the cache sat in a checkout.
 export GOENV=off GO111MODULE=on GOPROXY=off GOFLAGS="-mod=vendor -buildvcs=false" CGO_ENABLED=0
 export GOCACHE=$WORK/gocache GOPATH=$WORK/gopath GOTOOLCHAIN=local
+# go build's scratch files (several GB at the link steps) go under the cache too, not /tmp,
+# which may be a small tmpfs; and they go away with work/.
+export TMPDIR=$WORK/tmp
+mkdir -p "$TMPDIR"
 GOROOT=$("$GO" env GOROOT)
 export GOROOT # openapi-gen parses the standard library from GOROOT (cf. hack/lib/golang.sh)
 unset GOBIN GOOS GOARCH GOEXPERIMENT
@@ -315,7 +324,7 @@ for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
 done
 mkdir -p "$VERSION_DIR"
 TMP_BIN=$(mktemp -d "$VERSION_DIR/bin.tmp.XXXXXX")
-log "building ${BINARIES[*]} (go build -p 2; ~10 minutes on 2 cores)"
+log "building ${BINARIES[*]} (go build -p 2; 5-10 minutes on 2 cores)"
 # Tags as hack/lib/golang.sh: selinux (label support in kubelet), notest.
 "$GO" build -p 2 -trimpath -tags selinux,notest -ldflags "$ldflags" -o "$TMP_BIN/" \
   "${BINARIES[@]/#/./cmd/}"

@@ -380,7 +380,7 @@ mod tests {
         let cases = [
             Case {
                 name: "peer added (vxlan): FDB and neighbour before its route",
-                have: plane(&[a.clone()], &[], &[]),
+                have: plane(std::slice::from_ref(&a), &[], &[]),
                 want: plane(
                     &[a.clone(), b_vx.clone()],
                     &[neigh("10.244.3.0/24", 3)],
@@ -395,18 +395,18 @@ mod tests {
                     &[neigh("10.244.3.0/24", 3)],
                     &[fdb(3, "192.168.1.3")],
                 ),
-                want: plane(&[a.clone()], &[], &[]),
+                want: plane(std::slice::from_ref(&a), &[], &[]),
                 counts: [1, 0, 0, 2],
             },
             Case {
                 name: "peer's pod CIDR changed (Node re-created): old route out, new one in",
-                have: plane(&[a.clone()], &[], &[]),
+                have: plane(std::slice::from_ref(&a), &[], &[]),
                 want: plane(&[host_gw("10.244.9.0/24", "192.168.0.2")], &[], &[]),
                 counts: [1, 0, 1, 0],
             },
             Case {
                 name: "peer's underlay address changed: route replaced in place",
-                have: plane(&[a.clone()], &[], &[]),
+                have: plane(std::slice::from_ref(&a), &[], &[]),
                 want: plane(&[host_gw("10.244.2.0/24", "192.168.0.22")], &[], &[]),
                 counts: [0, 0, 1, 0],
             },
@@ -414,7 +414,7 @@ mod tests {
                 name: "path host-gw -> vxlan: L2 first, route replaced, nothing deleted",
                 have: plane(&[host_gw("10.244.3.0/24", "192.168.0.3")], &[], &[]),
                 want: plane(
-                    &[b_vx.clone()],
+                    std::slice::from_ref(&b_vx),
                     &[neigh("10.244.3.0/24", 3)],
                     &[fdb(3, "192.168.1.3")],
                 ),
@@ -423,12 +423,12 @@ mod tests {
             Case {
                 name: "VTEP MAC of a peer changed: neighbour replaced, old FDB entry removed",
                 have: plane(
-                    &[b_vx.clone()],
+                    std::slice::from_ref(&b_vx),
                     &[neigh("10.244.3.0/24", 3)],
                     &[fdb(3, "192.168.1.3")],
                 ),
                 want: plane(
-                    &[b_vx.clone()],
+                    std::slice::from_ref(&b_vx),
                     &[neigh("10.244.3.0/24", 4)],
                     &[fdb(4, "192.168.1.3")],
                 ),
