@@ -16,17 +16,16 @@
 
 use super::{report_own, Backoff, DatastoreError, Health, OwnState, OwnTx, PeersTx};
 use crate::node::{LocalIdentity, NodeRecord, Registration};
-use ::kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use ::kube::api::{Api, Patch, PatchParams};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::{Client, Config};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
@@ -40,9 +39,9 @@ pub const ANNOTATION_VTEP_MAC: &str = "weft.dev/vtep-mac";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Server-side duration of one watch request; the watch is then resumed where it stopped.
 const WATCH_TIMEOUT_SECS: u32 = 290;
-/// A watch silent for longer than this is taken for a dead connection (the server ends it
-/// after [`WATCH_TIMEOUT_SECS`] anyway).
-const WATCH_IDLE: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 10);
+/// Nodes per page of a (re-)list: bounds the memory a list of thousands of Nodes takes
+/// while it is decoded (a Node object is ~14 KiB).
+const LIST_PAGE_SIZE: u32 = 500;
 /// How often to look again while this node has no pod CIDR yet (flannel: every second).
 const POD_CIDR_POLL: Duration = Duration::from_secs(1);
 
@@ -61,8 +60,6 @@ pub struct KubeStore {
     /// The API server's URL, for error messages.
     server: String,
 }
-
-type NodeEvents = Pin<Box<dyn Stream<Item = ::kube::Result<WatchEvent<Node>>> + Send>>;
 
 impl KubeStore {
     pub fn new(cfg: KubeConfig) -> KubeStore {
@@ -135,145 +132,85 @@ impl KubeStore {
         })
     }
 
-    /// Lists and watches all Nodes, sending the other nodes on every change and keeping this
-    /// node's annotations in place.
+    /// Lists and watches all Nodes (kube-runtime's watcher: paginated list, watch with
+    /// bookmarks, re-list on 410 Gone, backoff on errors), keeping of each only the few facts
+    /// weftd needs ([`NodeFacts`]); sends the other nodes when a peer-relevant fact changed and
+    /// keeps this node's annotations in place.
     pub async fn run(
         mut self,
         me: LocalIdentity,
         peers: PeersTx,
-        own: OwnTx,
+        own_tx: OwnTx,
         health: Health,
     ) -> Result<(), DatastoreError> {
+        use ::kube::runtime::watcher::{self, Event};
+        use ::kube::runtime::WatchStreamExt;
+
         let api: Api<Node> = Api::all(self.client().await?);
-        let mut backoff = Backoff::new();
+        let config = watcher::Config::default()
+            .timeout(WATCH_TIMEOUT_SECS)
+            .page_size(LIST_PAGE_SIZE);
+        let mut events = watcher::watcher(api.clone(), config)
+            .default_backoff()
+            .boxed();
+        // The nodes as last listed and watched; `listing` collects a (re-)list until it is
+        // complete, so that peers are only ever sent from a whole list.
+        let mut nodes: BTreeMap<String, NodeFacts> = BTreeMap::new();
+        let mut listing: Option<BTreeMap<String, NodeFacts>> = None;
+        let mut own = OwnNode::new();
         loop {
-            let err = match self
-                .sync(&api, &me, &peers, &own, &health, &mut backoff)
-                .await
-            {
-                // 410 Gone: our version is too old to resume from; list again.
-                SyncEnd::Expired => {
-                    debug!("kubernetes: watch version expired, listing again");
-                    backoff.reset();
+            let item = tokio::select! {
+                item = events.next() => item,
+                _ = tokio::time::sleep_until(own.retry_at), if own.needs_patch => {
+                    own.patch(&api, &self.server, &me, &health).await;
                     continue;
                 }
-                SyncEnd::Failed(err) => err,
             };
-            health.failed(&err);
-            let delay = backoff.next();
-            warn!(error = %err, retry_in = ?delay, "kubernetes: node watch failed");
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    /// One list, then watches from its resource version for as long as the API server lets
-    /// us resume. Returns why it stopped.
-    async fn sync(
-        &self,
-        api: &Api<Node>,
-        me: &LocalIdentity,
-        peers: &PeersTx,
-        own_tx: &OwnTx,
-        health: &Health,
-        backoff: &mut Backoff,
-    ) -> SyncEnd {
-        // resourceVersion=0: served from the API server's cache, as informers do; the watch
-        // below brings us up to date.
-        let list = match call(
-            &self.server,
-            "list nodes".to_string(),
-            api.list(&ListParams::default().match_any()),
-        )
-        .await
-        {
-            Ok(list) => list,
-            Err(e) => return SyncEnd::Failed(e),
-        };
-        let Some(mut version) = list.metadata.resource_version.filter(|v| !v.is_empty()) else {
-            return SyncEnd::Failed("list nodes: answer has no metadata.resourceVersion".into());
-        };
-        let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-        for node in list.items {
-            if let Some(name) = node.metadata.name.clone() {
-                nodes.insert(name, node);
-            }
-        }
-        health.ok();
-        debug!(nodes = nodes.len(), version, "kubernetes: listed nodes");
-        let mut own = OwnNode::new();
-        report_own(own_tx, own.check(nodes.get(&me.name), me));
-        publish(&nodes, me, peers);
-
-        loop {
-            let wp = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
-            let mut stream: NodeEvents = match call(
-                &self.server,
-                "watch nodes".to_string(),
-                api.watch(&wp, &version),
-            )
-            .await
-            {
-                Ok(s) => s.boxed(),
-                Err(e) => return SyncEnd::Failed(e),
+            let event = match item {
+                None => return Err(DatastoreError::Kubernetes("node watch ended".to_string())),
+                Some(Err(e)) => {
+                    let why = describe_watch_error(&self.server, &e);
+                    warn!(error = %why, "kubernetes: node watch failed, retrying");
+                    health.failed(why);
+                    continue;
+                }
+                Some(Ok(event)) => event,
             };
             health.ok();
-            backoff.reset();
-            loop {
-                let item = tokio::select! {
-                    item = tokio::time::timeout(WATCH_IDLE, stream.next()) => item,
-                    _ = tokio::time::sleep_until(own.retry_at), if own.needs_patch => {
-                        own.patch(api, &self.server, me, health).await;
-                        continue;
-                    }
-                };
-                let event = match item {
-                    Err(_) => {
-                        return SyncEnd::Failed(format!(
-                            "watch nodes: nothing received for {WATCH_IDLE:?}"
-                        ))
-                    }
-                    // The server ended this watch (timeoutSeconds): resume it.
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => {
-                        return SyncEnd::Failed(describe_error("watch nodes", &self.server, &e))
-                    }
-                    Ok(Some(Ok(ev))) => ev,
-                };
-                match event {
-                    WatchEvent::Added(node) | WatchEvent::Modified(node) => {
-                        let Some(name) = node.metadata.name.clone() else {
-                            continue;
-                        };
-                        version = node.metadata.resource_version.clone().unwrap_or(version);
-                        if name == me.name {
-                            report_own(own_tx, own.check(Some(&node), me));
-                        }
-                        nodes.insert(name, node);
-                    }
-                    WatchEvent::Deleted(node) => {
-                        let Some(name) = node.metadata.name.clone() else {
-                            continue;
-                        };
-                        version = node.metadata.resource_version.clone().unwrap_or(version);
-                        if name == me.name {
-                            report_own(own_tx, own.check(None, me));
-                        }
-                        nodes.remove(&name);
-                    }
-                    WatchEvent::Bookmark(b) => {
-                        version = b.metadata.resource_version;
-                        continue;
-                    }
-                    // 410 Gone: our version is too old to resume from; list again.
-                    WatchEvent::Error(status) if status.code == 410 => return SyncEnd::Expired,
-                    WatchEvent::Error(status) => {
-                        return SyncEnd::Failed(format!(
-                            "watch nodes: {} ({})",
-                            status.message, status.code
-                        ))
-                    }
+            // Which node changed in a way peers care about (None: nothing did).
+            let changed = match event {
+                Event::Init => {
+                    listing = Some(BTreeMap::new());
+                    continue;
                 }
-                publish(&nodes, me, peers);
+                Event::InitApply(node) => {
+                    if let (Some(list), Some(facts)) = (listing.as_mut(), NodeFacts::of(&node)) {
+                        list.insert(facts.name.clone(), facts);
+                    }
+                    continue;
+                }
+                Event::InitDone => {
+                    nodes = listing.take().unwrap_or_default();
+                    debug!(nodes = nodes.len(), "kubernetes: listed nodes");
+                    report_own(&own_tx, own.check(nodes.get(&me.name), &me));
+                    publish(&nodes, &me, &peers);
+                    continue;
+                }
+                Event::Apply(node) => NodeFacts::of(&node).and_then(|facts| {
+                    let name = facts.name.clone();
+                    let before = nodes.insert(name.clone(), facts);
+                    (before.as_ref() != nodes.get(&name)).then_some(name)
+                }),
+                Event::Delete(node) => node
+                    .metadata
+                    .name
+                    .and_then(|name| nodes.remove(&name).map(|_| name)),
+            };
+            let Some(name) = changed else { continue };
+            if name == me.name {
+                report_own(&own_tx, own.check(nodes.get(&me.name), &me));
+            } else {
+                publish(&nodes, &me, &peers);
             }
         }
     }
@@ -315,14 +252,6 @@ impl KubeStore {
     }
 }
 
-/// Why [`KubeStore::sync`] stopped.
-enum SyncEnd {
-    /// The watch cannot be resumed (410 Gone): list again at once.
-    Expired,
-    /// API server unreachable or refusing: retry with backoff.
-    Failed(String),
-}
-
 /// Keeps this node's annotations in place while watching.
 struct OwnNode {
     needs_patch: bool,
@@ -339,20 +268,20 @@ impl OwnNode {
         }
     }
 
-    /// Looks at the latest version of our own Node (`None`: it was deleted): what this node's
+    /// Looks at the latest facts of our own Node (`None`: it was deleted): what this node's
     /// registration is now, and whether our annotations need putting back.
-    fn check(&mut self, node: Option<&Node>, me: &LocalIdentity) -> OwnState {
+    fn check(&mut self, node: Option<&NodeFacts>, me: &LocalIdentity) -> OwnState {
         let Some(node) = node else {
             warn!(node = %me.name, "kubernetes: this node's Node object was deleted");
             self.needs_patch = false;
             return OwnState::Lost(format!("this node's Node object {} was deleted", me.name));
         };
-        if !annotations_current(node, me) && !self.needs_patch {
+        if !node.annotations_current(me) && !self.needs_patch {
             info!(node = %me.name, "kubernetes: this node's annotations are missing or stale, patching");
             self.needs_patch = true;
             self.retry_at = tokio::time::Instant::now();
         }
-        match node_pod_cidrs(node) {
+        match &node.pod_cidrs {
             // A Node re-created (kubectl delete node, kubelet re-registers) has none until
             // kube-controller-manager assigns them again.
             Ok(cidrs) if cidrs.is_empty() => OwnState::Lost(format!(
@@ -360,8 +289,8 @@ impl OwnNode {
                  to assign one",
                 me.name
             )),
-            Ok(cidrs) => OwnState::Registered(cidrs),
-            Err(e) => OwnState::Lost(e),
+            Ok(cidrs) => OwnState::Registered(cidrs.clone()),
+            Err(e) => OwnState::Lost(e.clone()),
         }
     }
 
@@ -446,14 +375,6 @@ async fn patch_annotations(
     Ok(())
 }
 
-/// Whether `node` carries exactly our annotations.
-fn annotations_current(node: &Node, me: &LocalIdentity) -> bool {
-    let ann = node.metadata.annotations.as_ref();
-    let get = |key: &str| ann.and_then(|a| a.get(key)).map(String::as_str);
-    get(ANNOTATION_UNDERLAY_IP) == Some(me.underlay_ip.to_string().as_str())
-        && get(ANNOTATION_VTEP_MAC) == me.vtep_mac.as_deref()
-}
-
 /// A node's pod CIDRs: `spec.podCIDRs`, else `spec.podCIDR`; empty if not assigned yet.
 pub fn node_pod_cidrs(node: &Node) -> Result<Vec<IpNet>, String> {
     let name = node.metadata.name.as_deref().unwrap_or("<unnamed>");
@@ -472,74 +393,121 @@ pub fn node_pod_cidrs(node: &Node) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
-/// How peers reach `node`, or why it cannot be a peer. The underlay IP is the
-/// [`ANNOTATION_UNDERLAY_IP`] annotation, else the node's InternalIP, preferring the family of
-/// `family` (our own underlay IP) on a dual-stack node.
-pub fn node_record(node: &Node, family: IpAddr) -> Result<NodeRecord, String> {
-    let name = node
-        .metadata
-        .name
-        .clone()
-        .ok_or("node without metadata.name")?;
-    let pod_cidrs = node_pod_cidrs(node)?;
-    if pod_cidrs.is_empty() {
-        return Err(format!("node {name} has no spec.podCIDRs"));
+/// The few facts weftd keeps of a Node. A full Node object is ~14 KiB (status, images,
+/// conditions, managed fields); these are a few hundred bytes, so weftd's memory follows the
+/// number of nodes, not the size of their objects. Two Nodes with equal facts are the same
+/// to weftd: a change elsewhere in the object (a heartbeat, an unrelated annotation) costs a
+/// comparison and nothing more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub name: String,
+    /// `spec.podCIDRs` (else `spec.podCIDR`), or why they cannot be read.
+    pub pod_cidrs: Result<Vec<IpNet>, String>,
+    pub underlay_annotation: Option<String>,
+    pub vtep_mac_annotation: Option<String>,
+    /// `status.addresses` of type InternalIP, in order.
+    pub internal_ips: Vec<IpAddr>,
+}
+
+impl NodeFacts {
+    /// The facts of `node`; `None` for an object without a name.
+    pub fn of(node: &Node) -> Option<NodeFacts> {
+        let name = node.metadata.name.clone()?;
+        let ann = node.metadata.annotations.as_ref();
+        let get = |key: &str| ann.and_then(|a| a.get(key)).cloned();
+        let internal_ips = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .map(|addrs| {
+                addrs
+                    .iter()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .filter_map(|a| a.address.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(NodeFacts {
+            pod_cidrs: node_pod_cidrs(node),
+            underlay_annotation: get(ANNOTATION_UNDERLAY_IP),
+            vtep_mac_annotation: get(ANNOTATION_VTEP_MAC),
+            internal_ips,
+            name,
+        })
     }
-    let ann = node.metadata.annotations.as_ref();
-    let annotated = ann
-        .and_then(|a| a.get(ANNOTATION_UNDERLAY_IP))
-        .and_then(|s| {
+
+    /// Whether the node carries exactly our annotations.
+    fn annotations_current(&self, me: &LocalIdentity) -> bool {
+        self.underlay_annotation.as_deref() == Some(me.underlay_ip.to_string().as_str())
+            && self.vtep_mac_annotation.as_deref() == me.vtep_mac.as_deref()
+    }
+
+    /// How peers reach this node, or why it cannot be a peer. The underlay IP is the
+    /// [`ANNOTATION_UNDERLAY_IP`] annotation, else the node's InternalIP, preferring the
+    /// family of `family` (our own underlay IP) on a dual-stack node.
+    pub fn record(&self, family: IpAddr) -> Result<NodeRecord, String> {
+        let name = &self.name;
+        let pod_cidrs = self.pod_cidrs.clone()?;
+        if pod_cidrs.is_empty() {
+            return Err(format!("node {name} has no spec.podCIDRs"));
+        }
+        let annotated = self.underlay_annotation.as_deref().and_then(|s| {
             s.parse::<IpAddr>()
                 .inspect_err(|e| {
                     debug!(node = %name, value = %s, error = %e,
-                                    "kubernetes: ignoring invalid underlay-ip annotation")
+                           "kubernetes: ignoring invalid underlay-ip annotation")
                 })
                 .ok()
         });
-    let underlay_ip = annotated
-        .or_else(|| internal_ip(node, family))
-        .ok_or_else(|| {
+        let internal = self
+            .internal_ips
+            .iter()
+            .find(|ip| ip.is_ipv4() == family.is_ipv4())
+            .or(self.internal_ips.first())
+            .copied();
+        let underlay_ip = annotated.or(internal).ok_or_else(|| {
             format!(
                 "node {name} has neither a {ANNOTATION_UNDERLAY_IP} annotation nor an InternalIP"
             )
         })?;
-    let vtep_mac = ann
-        .and_then(|a| a.get(ANNOTATION_VTEP_MAC))
-        .filter(|m| !m.is_empty())
-        .cloned();
-    Ok(NodeRecord {
-        name,
-        underlay_ip,
-        pod_cidrs,
-        vtep_mac,
-    })
+        Ok(NodeRecord {
+            name: name.clone(),
+            underlay_ip,
+            pod_cidrs,
+            vtep_mac: self.vtep_mac_annotation.clone().filter(|m| !m.is_empty()),
+        })
+    }
 }
 
-/// The node's InternalIP of the same family as `family`, else its first InternalIP.
-fn internal_ip(node: &Node, family: IpAddr) -> Option<IpAddr> {
-    let ips: Vec<IpAddr> = node
-        .status
-        .as_ref()?
-        .addresses
-        .as_ref()?
-        .iter()
-        .filter(|a| a.type_ == "InternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect();
-    ips.iter()
-        .find(|ip| ip.is_ipv4() == family.is_ipv4())
-        .or(ips.first())
-        .copied()
+/// How peers reach `node`, or why it cannot be a peer (see [`NodeFacts::record`]).
+pub fn node_record(node: &Node, family: IpAddr) -> Result<NodeRecord, String> {
+    NodeFacts::of(node)
+        .ok_or("node without metadata.name")?
+        .record(family)
+}
+
+/// A watcher error as an operator can act on it (see [`describe_error`]).
+fn describe_watch_error(server: &str, e: &::kube::runtime::watcher::Error) -> String {
+    use ::kube::runtime::watcher::Error as W;
+    match e {
+        W::InitialListFailed(e) => describe_error("list nodes", server, e),
+        W::WatchStartFailed(e) | W::WatchFailed(e) => describe_error("watch nodes", server, e),
+        W::WatchError(status) => format!(
+            "watch nodes: {} (HTTP {} {})",
+            status.message, status.code, status.reason
+        ),
+        W::NoResourceVersion => format!("list nodes at {server}: answer has no resourceVersion"),
+    }
 }
 
 /// Sends the other nodes that can be peers, sorted by name, if they changed.
-fn publish(nodes: &BTreeMap<String, Node>, me: &LocalIdentity, peers: &PeersTx) {
-    let mut others = Vec::new();
+fn publish(nodes: &BTreeMap<String, NodeFacts>, me: &LocalIdentity, peers: &PeersTx) {
+    let mut others = Vec::with_capacity(nodes.len());
     for (name, node) in nodes {
         if *name == me.name {
             continue;
         }
-        match node_record(node, me.underlay_ip) {
+        match node.record(me.underlay_ip) {
             Ok(r) => others.push(r),
             Err(why) => debug!("kubernetes: skipping peer: {why}"),
         }
@@ -586,6 +554,24 @@ mod tests {
             ..Default::default()
         });
         n
+    }
+
+    fn facts(n: &Node) -> NodeFacts {
+        NodeFacts::of(n).unwrap()
+    }
+
+    /// A heartbeat or an unrelated annotation leaves the facts equal: no peer work.
+    #[test]
+    fn facts_ignore_what_weftd_does_not_use() {
+        let a = node("a", &["10.244.1.0/24"], &["192.168.0.5"], &[]);
+        let mut b = a.clone();
+        b.metadata.annotations = Some([("unrelated".to_string(), "x".to_string())].into());
+        b.metadata.resource_version = Some("99".into());
+        b.status.as_mut().unwrap().conditions = Some(vec![Default::default()]);
+        assert_eq!(facts(&a), facts(&b));
+        let mut c = a.clone();
+        c.spec.as_mut().unwrap().pod_cidrs = Some(vec!["10.244.9.0/24".into()]);
+        assert_ne!(facts(&a), facts(&c));
     }
 
     fn v4() -> IpAddr {
@@ -643,12 +629,12 @@ mod tests {
             vtep_mac: None,
         };
         let n = node("me", &[], &[], &[(ANNOTATION_UNDERLAY_IP, "192.168.0.1")]);
-        assert!(annotations_current(&n, &me));
+        assert!(facts(&n).annotations_current(&me));
         let with_mac = LocalIdentity {
             vtep_mac: Some("02:00:00:00:00:01".into()),
             ..me.clone()
         };
-        assert!(!annotations_current(&n, &with_mac));
+        assert!(!facts(&n).annotations_current(&with_mac));
         let stale = node(
             "me",
             &[],
@@ -658,7 +644,7 @@ mod tests {
                 (ANNOTATION_VTEP_MAC, "02:00:00:00:00:09"),
             ],
         );
-        assert!(!annotations_current(&stale, &me));
-        assert!(!annotations_current(&node("me", &[], &[], &[]), &me));
+        assert!(!facts(&stale).annotations_current(&me));
+        assert!(!facts(&node("me", &[], &[], &[])).annotations_current(&me));
     }
 }
