@@ -7,14 +7,9 @@
 
 use libfuzzer_sys::fuzz_target;
 
-// The plugin is a binary crate: its config and names modules are compiled in from source, so
-// the fuzzed code is exactly the shipped code.
-#[allow(dead_code)]
-#[path = "../../crates/plugin/src/config.rs"]
-mod config;
-#[allow(dead_code)]
-#[path = "../../crates/netops/src/names.rs"]
-mod names;
+// The plugin's library half: the fuzzed code is exactly the shipped code.
+use weft_netops::names;
+use weft_plugin::config;
 
 fuzz_target!(|data: &[u8]| {
     let (value, header, version) = match weft_cni::parse_header(data) {

@@ -73,3 +73,51 @@ pub fn write_if_changed(conf_dir: &Path, conf: &Value) -> std::io::Result<bool> 
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Weftd {
+        #[command(flatten)]
+        run: RunConfig,
+    }
+
+    /// The conflist weftd writes, read by the plugin's own parser as a runtime hands it over
+    /// (libcni injects the list's cniVersion and name into each plugin's config).
+    #[test]
+    fn the_plugin_accepts_the_conflist_weftd_writes() {
+        let cfg = Weftd::try_parse_from(["weftd", "--node-name", "n1"])
+            .unwrap()
+            .run;
+        let cidrs: Vec<IpNet> = vec![
+            "10.244.3.0/24".parse().unwrap(),
+            "fd00:10:244:3::/64".parse().unwrap(),
+        ];
+        let list = conflist(&cfg, &cidrs, 1450);
+        let mut plugin = list["plugins"][0].clone();
+        plugin["cniVersion"] = list["cniVersion"].clone();
+        plugin["name"] = list["name"].clone();
+        let raw = serde_json::to_vec(&plugin).unwrap();
+        let (value, header, _) = weft_cni::parse_header(&raw).unwrap();
+        let conf = weft_plugin::config::Config::parse(&raw, value, header)
+            .unwrap_or_else(|e| panic!("the plugin rejects weftd's conflist: {}", e.msg));
+        assert_eq!(conf.bridge, cfg.bridge);
+        assert_eq!(conf.mtu, Some(1450));
+        assert_eq!(
+            conf.metrics_dir.as_deref(),
+            Some(cfg.plugin_events_dir.as_path())
+        );
+        let weft_plugin::config::Ipam::Builtin { config, sets } = conf.ipam else {
+            panic!("weftd's conflist must use the built-in IPAM")
+        };
+        assert_eq!(
+            config.data_dir.as_deref(),
+            Some(cfg.ipam_data_dir.as_path())
+        );
+        let subnets: Vec<IpNet> = sets.iter().map(|s| s[0].subnet()).collect();
+        assert_eq!(subnets, cidrs);
+    }
+}

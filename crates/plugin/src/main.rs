@@ -1,16 +1,12 @@
 //! `weft`: the CNI plugin. A runtime execs it with CNI_* variables and the network
 //! configuration on stdin; it answers on stdout (a result, or the spec's error JSON with exit
 //! code 1). Nothing else is ever written to stdout.
+//!
+//! The library half (`weft_plugin`) holds everything but the entry point, so that weftd's
+//! tests check the conflist it writes with the plugin's own parser and the fuzz targets fuzz
+//! the shipped code.
 
-mod add;
-mod check;
-mod config;
-mod dataplane;
-mod del;
-mod events;
-mod gc;
-mod ipam;
-mod masq;
+use weft_plugin::{config, events, ipam, run_command};
 
 use std::io::{Read, Write};
 use weft_cni::error::{self, CniError};
@@ -83,12 +79,8 @@ fn run(
     metrics_dir.clone_from(&conf.metrics_dir);
 
     match env.command {
-        Command::Add => add::run(&conf, &env).map(|r| Some(r.to_json(version))),
-        Command::Del => del::run(&conf, &env).map(|_| None),
-        Command::Check => check::run(&conf, &env).map(|_| None),
-        Command::Gc => gc::run(&conf).map(|_| None),
         Command::Status => status(&conf).map(|_| None),
-        Command::Version => unreachable!("answered above"),
+        _ => run_command(&conf, &env, version),
     }
     .map_err(fail)
 }
