@@ -14,7 +14,7 @@ use crate::reconcile::{self, Report};
 use crate::underlay::{self, Underlay};
 use crate::{cniconf, desired, http, vxlan};
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
@@ -23,7 +23,7 @@ use weft_netops::netlink::format_mac;
 use weft_netops::Netlink;
 
 /// Everything `weftd status` and /status show.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
     pub datastore: String,
@@ -66,14 +66,14 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnderlayStatus {
     pub interface: String,
     pub address: IpNet,
     pub mtu: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VtepStatus {
     pub device: String,
     pub mac: String,
@@ -81,7 +81,7 @@ pub struct VtepStatus {
     pub port: u16,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FirewallStatus {
     pub driver: String,
     pub in_place: bool,

@@ -13,13 +13,13 @@ use crate::config::BackendKind;
 use crate::node::NodeRecord;
 use crate::underlay::Underlay;
 use crate::vxlan::{parse_mac, vtep_addr};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use weft_netops::{FdbEntry, Neighbour, Route};
 
 /// Route protocol id marking weft's routes (`ip route show proto 87`).
 pub const RTPROT_WEFT: u8 = 87;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PathKind {
     HostGw,

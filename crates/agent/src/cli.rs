@@ -1,8 +1,10 @@
 //! weftd's operator commands other than `run`: init-etcd, status, cleanup, install, uninstall.
 
+use crate::agent::Status;
+use crate::backend::PathKind;
 use crate::datastore::etcd;
 use crate::{cniconf, http, vxlan};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,37 +58,17 @@ pub fn status(listen: SocketAddr, json: bool) -> Result<(), String> {
         println!("{body}");
         return Ok(());
     }
-    let s: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| format!("bad /status: {e}"))?;
-    let st: StatusView = serde_json::from_value(s).map_err(|e| format!("bad /status: {e}"))?;
+    // The same type weftd serves: server and CLI cannot drift apart.
+    let st: Status = serde_json::from_str(&body).map_err(|e| format!("bad /status: {e}"))?;
     print!("{}", render(&st));
     Ok(())
 }
 
-/// The subset of [`Status`] the table shows (deserialized from /status).
-#[derive(serde::Deserialize)]
-struct StatusView {
-    node: String,
-    datastore: String,
-    datastore_connected: bool,
-    datastore_error: Option<String>,
-    backend: Option<String>,
-    underlay: Option<serde_json::Value>,
-    pod_cidrs: Vec<String>,
-    cluster_cidrs: Vec<String>,
-    pod_mtu: Option<u32>,
-    vtep: Option<serde_json::Value>,
-    cni_config: Option<String>,
-    #[serde(default)]
-    firewall_mode: String,
-    firewall: Option<serde_json::Value>,
-    ready: bool,
-    waiting_for: Option<String>,
-    last_reconcile: Option<serde_json::Value>,
-    problems: Vec<String>,
+fn join<T: std::fmt::Display>(items: &[T], sep: &str) -> String {
+    items.iter().map(T::to_string).collect::<Vec<_>>().join(sep)
 }
 
-fn render(s: &StatusView) -> String {
+fn render(s: &Status) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(o, "node:        {}", s.node);
@@ -113,31 +95,31 @@ fn render(s: &StatusView) -> String {
             .map(|e| format!(": {e}"))
             .unwrap_or_default()
     );
-    let _ = writeln!(o, "backend:     {}", s.backend.as_deref().unwrap_or("-"));
+    let backend = s.backend.and_then(|b| b.to_possible_value());
+    let _ = writeln!(
+        o,
+        "backend:     {}",
+        backend.as_ref().map_or("-", |v| v.get_name())
+    );
     if let Some(u) = &s.underlay {
         let _ = writeln!(
             o,
             "underlay:    {} {} mtu {}",
-            u["interface"].as_str().unwrap_or("?"),
-            u["address"].as_str().unwrap_or("?"),
-            u["mtu"]
+            u.interface, u.address, u.mtu
         );
     }
     let _ = writeln!(
         o,
         "pod CIDRs:   {}   (cluster: {})   pod MTU {}",
-        s.pod_cidrs.join(", "),
-        s.cluster_cidrs.join(", "),
+        join(&s.pod_cidrs, ", "),
+        join(&s.cluster_cidrs, ", "),
         s.pod_mtu.map(|m| m.to_string()).unwrap_or("-".into())
     );
     if let Some(v) = &s.vtep {
         let _ = writeln!(
             o,
             "vtep:        {} mac {} vni {} port {}",
-            v["device"].as_str().unwrap_or("?"),
-            v["mac"].as_str().unwrap_or("?"),
-            v["vni"],
-            v["port"]
+            v.device, v.mac, v.vni, v.port
         );
     }
     let _ = writeln!(
@@ -150,16 +132,11 @@ fn render(s: &StatusView) -> String {
             let _ = writeln!(
                 o,
                 "firewall:    {} rules in place: {}",
-                f["driver"].as_str().unwrap_or("?"),
-                yes_no(f["in_place"].as_bool().unwrap_or(false))
+                f.driver,
+                yes_no(f.in_place)
             );
-            for p in f["problems"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .chain(f["warnings"].as_array().into_iter().flatten())
-            {
-                let _ = writeln!(o, "             ! {}", p.as_str().unwrap_or(""));
+            for p in f.problems.iter().chain(&f.warnings) {
+                let _ = writeln!(o, "             ! {p}");
             }
         }
         None if s.firewall_mode == "none" => {
@@ -167,15 +144,7 @@ fn render(s: &StatusView) -> String {
         }
         // Rules are set up once the pod CIDR is known.
         None => {
-            let _ = writeln!(
-                o,
-                "firewall:    {} (not set up yet)",
-                if s.firewall_mode.is_empty() {
-                    "?"
-                } else {
-                    &s.firewall_mode
-                }
-            );
+            let _ = writeln!(o, "firewall:    {} (not set up yet)", s.firewall_mode);
         }
     }
     if let Some(r) = &s.last_reconcile {
@@ -184,48 +153,41 @@ fn render(s: &StatusView) -> String {
             "\n{:<16} {:<16} {:<24} {:<8} {:<6} {:<6} {:<4}",
             "PEER", "UNDERLAY", "POD CIDRS", "PATH", "ROUTE", "NEIGH", "FDB"
         );
-        for p in r["peers"].as_array().into_iter().flatten() {
-            let cidrs: Vec<&str> = p["pod_cidrs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.as_str())
-                .collect();
-            let path = p["path"].as_str().unwrap_or("?");
-            let l2 = |k: &str| {
-                if path == "host-gw" {
+        for p in &r.peers {
+            let l2 = |programmed: bool| {
+                if p.path == PathKind::HostGw {
                     "-"
                 } else {
-                    yes_no(p[k].as_bool().unwrap_or(false))
+                    yes_no(programmed)
                 }
             };
             let _ = writeln!(
                 o,
                 "{:<16} {:<16} {:<24} {:<8} {:<6} {:<6} {:<4}",
-                p["name"].as_str().unwrap_or("?"),
-                p["underlay_ip"].as_str().unwrap_or("?"),
-                cidrs.join(","),
-                path,
-                yes_no(p["routes_programmed"].as_bool().unwrap_or(false)),
-                l2("neighbours_programmed"),
-                l2("fdb_programmed"),
+                p.name,
+                p.underlay_ip,
+                join(&p.pod_cidrs, ","),
+                p.path.as_str(),
+                yes_no(p.routes_programmed),
+                l2(p.neighbours_programmed),
+                l2(p.fdb_programmed),
             );
-            if let Some(problem) = p["problem"].as_str() {
+            if let Some(problem) = &p.problem {
                 let _ = writeln!(o, "  ! {problem}");
             }
         }
         let _ = writeln!(
             o,
             "\nkernel objects desired/programmed: routes {}/{} neighbours {}/{} fdb {}/{}",
-            r["desired"]["routes"],
-            r["programmed"]["routes"],
-            r["desired"]["neighbours"],
-            r["programmed"]["neighbours"],
-            r["desired"]["fdb"],
-            r["programmed"]["fdb"]
+            r.desired.routes,
+            r.programmed.routes,
+            r.desired.neighbours,
+            r.programmed.neighbours,
+            r.desired.fdb,
+            r.programmed.fdb
         );
-        for e in r["errors"].as_array().into_iter().flatten() {
-            let _ = writeln!(o, "  ! {}", e.as_str().unwrap_or(""));
+        for e in &r.errors {
+            let _ = writeln!(o, "  ! {e}");
         }
     } else {
         let _ = writeln!(o, "\npeers:       not reconciled yet");
@@ -558,10 +520,11 @@ pub fn check(a: &CheckArgs) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    /// What `weftd status` prints for the agent's own /status document.
+    /// What `weftd status` prints for the agent's own /status document (through JSON, as
+    /// the CLI reads it).
     fn rendered(s: &crate::agent::Status) -> String {
-        let view: StatusView = serde_json::from_value(serde_json::to_value(s).unwrap()).unwrap();
-        render(&view)
+        let back: Status = serde_json::from_str(&serde_json::to_string(s).unwrap()).unwrap();
+        render(&back)
     }
 
     #[test]

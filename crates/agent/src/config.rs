@@ -14,7 +14,7 @@ pub enum DatastoreKind {
     Static,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// Routes `podCIDR via nodeIP`: nodes must share an L2 segment.

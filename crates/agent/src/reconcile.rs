@@ -13,20 +13,20 @@
 //! resync it runs against the kernel as read, which repairs anything done behind weft's back.
 use crate::backend::{PathKind, PeerPlan, RTPROT_WEFT};
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use weft_netops::netlink::NUD_PERMANENT;
 use weft_netops::{FdbEntry, Neighbour, Netlink, Request, Route};
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ObjectCounts {
     pub routes: usize,
     pub neighbours: usize,
     pub fdb: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub name: String,
     pub underlay_ip: IpAddr,
@@ -38,7 +38,7 @@ pub struct PeerStatus {
     pub problem: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     pub desired: ObjectCounts,
     pub programmed: ObjectCounts,

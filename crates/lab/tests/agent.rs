@@ -1051,6 +1051,25 @@ fn a_node_moved_to_another_subnet_converges_without_restart() {
     .unwrap();
     assert_eq!(code, 503);
     assert!(body.contains("former pod CIDR"), "{body}");
+    // `weftd status` (the CLI reads the same typed document weftd serves) says it too.
+    let weftd = weft_lab::cluster::find_bin_dir(&["weftd"])
+        .unwrap()
+        .join("weftd");
+    let out = weft_lab::ns::enter_command(node(&c, "n1").ns(), &weftd)
+        .args(["status", "--listen", &AGENT_LISTEN.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "weftd status: {text}");
+    assert!(
+        text.contains("ready:       NO (waiting for 1 pod(s)"),
+        "{text}"
+    );
+    assert!(text.contains(&new_cidr.to_string()), "{text}");
+    assert!(
+        text.contains(&format!("problem:     pod {old_ip} ")),
+        "{text}"
+    );
 
     // A new pod gets the new subnet and works across nodes both ways.
     let new_pod = add_pod(&mut c, "n1", "new");
