@@ -591,21 +591,12 @@ impl NodeSetup {
         }
     }
 
+    /// IPv4 forwarding always (pods reach the world through the node), IPv6 with an IPv6 pod
+    /// CIDR.
     fn enable_forwarding(&self) -> Result<(), String> {
-        let mut keys = vec!["net/ipv4/ip_forward"];
-        if self.pod_cidrs().iter().any(|c| c.addr().is_ipv6()) {
-            keys.push("net/ipv6/conf/all/forwarding");
-        }
-        for key in keys {
-            if weft_netops::sysctl::read(key)
-                .map(|v| v.trim() == "1")
-                .unwrap_or(false)
-            {
-                continue;
-            }
-            weft_netops::sysctl::write(key, "1").map_err(|e| format!("sysctl {key}=1: {e}"))?;
-        }
-        Ok(())
+        let ipv6 = self.pod_cidrs().iter().any(|c| c.addr().is_ipv6());
+        weft_netops::sysctl::enable_forwarding(true, ipv6)
+            .map_err(|e| format!("enable forwarding: {e}"))
     }
 
     fn ensure_vtep(&self, nl: &mut Netlink) -> Result<Option<u32>, String> {

@@ -202,11 +202,11 @@ fn render(s: &Status) -> String {
 pub struct Cleanup {
     #[arg(long, env = "WEFT_VXLAN_VNI", default_value_t = 1)]
     pub vxlan_vni: u32,
-    #[arg(long, env = "WEFT_BRIDGE", default_value = "weft0")]
+    #[arg(long, env = "WEFT_BRIDGE", default_value = weft_netops::bridge::DEFAULT_BRIDGE)]
     pub bridge: String,
     #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
-    #[arg(long, env = "WEFT_IPAM_DATA_DIR", default_value = "/var/lib/cni/weft")]
+    #[arg(long, env = "WEFT_IPAM_DATA_DIR", default_value = weft_ipam::DEFAULT_DATA_DIR)]
     pub ipam_data_dir: PathBuf,
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     pub state_dir: PathBuf,
@@ -296,20 +296,11 @@ fn plugin_source(a: &Install) -> Result<PathBuf, String> {
 /// Copies the plugin into the CNI bin dir atomically: a runtime exec'ing it mid-copy must see
 /// the old binary or the new one, never half of one.
 pub fn install(a: &Install) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
     let src = plugin_source(a)?;
-    std::fs::create_dir_all(&a.cni_bin_dir)
-        .map_err(|e| format!("{}: {e}", a.cni_bin_dir.display()))?;
     let target = a.cni_bin_dir.join("weft");
-    let tmp = a.cni_bin_dir.join(".weft.tmp");
-    std::fs::copy(&src, &tmp)
-        .map_err(|e| format!("copy {} to {}: {e}", src.display(), tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| e.to_string())?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, &target).map_err(|e| format!("rename to {}: {e}", target.display()))?;
+    let binary = std::fs::read(&src).map_err(|e| format!("read {}: {e}", src.display()))?;
+    crate::files::write_atomic(&target, &binary, 0o755)
+        .map_err(|e| format!("install {}: {e}", target.display()))?;
     println!("installed {}", target.display());
     Ok(())
 }
@@ -337,11 +328,11 @@ pub struct TraceArgs {
     /// Cluster network(s), when the agent is not reachable.
     #[arg(long = "cluster-cidr", value_delimiter = ',')]
     pub cluster_cidrs: Vec<IpNet>,
-    #[arg(long, env = "WEFT_BRIDGE", default_value = "weft0")]
+    #[arg(long, env = "WEFT_BRIDGE", default_value = weft_netops::bridge::DEFAULT_BRIDGE)]
     pub bridge: String,
     #[arg(long, env = "WEFT_VXLAN_VNI", default_value_t = 1)]
     pub vxlan_vni: u32,
-    #[arg(long, env = "WEFT_IPAM_DATA_DIR", default_value = "/var/lib/cni/weft")]
+    #[arg(long, env = "WEFT_IPAM_DATA_DIR", default_value = weft_ipam::DEFAULT_DATA_DIR)]
     pub ipam_data_dir: PathBuf,
     #[arg(long, value_parser = ["table", "json"], default_value = "table")]
     pub output: String,

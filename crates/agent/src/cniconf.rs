@@ -4,8 +4,6 @@
 use crate::config::RunConfig;
 use ipnet::IpNet;
 use serde_json::{json, Value};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const CONFLIST_NAME: &str = "10-weft.conflist";
@@ -48,29 +46,15 @@ pub fn path(conf_dir: &Path) -> PathBuf {
     conf_dir.join(CONFLIST_NAME)
 }
 
-/// Writes the conflist atomically (temp file, fsync, rename) unless it already says exactly
-/// this. Returns whether it wrote.
+/// Writes the conflist atomically unless it already says exactly this. Returns whether it
+/// wrote.
 pub fn write_if_changed(conf_dir: &Path, conf: &Value) -> std::io::Result<bool> {
     let target = path(conf_dir);
     let body = serde_json::to_vec_pretty(conf).expect("json serializes");
     if std::fs::read(&target).ok().as_deref() == Some(body.as_slice()) {
         return Ok(false);
     }
-    std::fs::create_dir_all(conf_dir)?;
-    // A dot-prefixed temp name: runtimes ignore files that do not end in .conf/.conflist/.json.
-    let tmp = conf_dir.join(format!(".{CONFLIST_NAME}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &target)?;
-    if let Ok(dir) = std::fs::File::open(conf_dir) {
-        let _ = dir.sync_all();
-    }
+    crate::files::write_atomic(&target, &body, 0o644)?;
     Ok(true)
 }
 

@@ -127,7 +127,7 @@ pub struct RunConfig {
     #[arg(long, env = "WEFT_NO_MASQUERADE")]
     pub no_masquerade: bool,
 
-    #[arg(long, env = "WEFT_BRIDGE", default_value = "weft0")]
+    #[arg(long, env = "WEFT_BRIDGE", default_value = weft_netops::bridge::DEFAULT_BRIDGE)]
     pub bridge: String,
     #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
@@ -136,7 +136,7 @@ pub struct RunConfig {
     /// cniVersion of the written conflist (1.0.0: what the reference plugins of most distros speak).
     #[arg(long, env = "WEFT_CNI_VERSION", default_value = "1.0.0")]
     pub cni_version: String,
-    #[arg(long, env = "WEFT_IPAM_DATA_DIR", default_value = "/var/lib/cni/weft")]
+    #[arg(long, env = "WEFT_IPAM_DATA_DIR", default_value = weft_ipam::DEFAULT_DATA_DIR)]
     pub ipam_data_dir: PathBuf,
     /// Where the plugin drops one event file per call for the CNI metrics (tmpfs is best).
     #[arg(

@@ -7,11 +7,7 @@ use std::net::IpAddr;
 
 /// The pods' gateway in `cidr` (network + 1, the IPAM default) with the CIDR's prefix.
 pub fn pod_gateway(cidr: &IpNet) -> Option<IpNet> {
-    let gw = match cidr.network() {
-        IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 1).into()),
-        IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 1).into()),
-    };
-    IpNet::new(gw, cidr.prefix_len()).ok()
+    IpNet::new(weft_ipam::default_gateway(cidr), cidr.prefix_len()).ok()
 }
 
 /// The bridge's addresses: one gateway per pod CIDR.

@@ -14,6 +14,7 @@ pub mod config;
 pub mod datastore;
 pub mod desired;
 pub mod events;
+pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -7,8 +7,6 @@
 
 use crate::underlay::Underlay;
 use ipnet::IpNet;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use weft_netops::netlink::format_mac;
 use weft_netops::{Netlink, VxlanSpec};
@@ -44,17 +42,7 @@ pub fn load_or_create_mac(state_dir: &Path) -> std::io::Result<[u8; 6]> {
     }
     let mut mac: [u8; 6] = rand::random();
     mac[0] = (mac[0] & 0xfe) | 0x02; // unicast, locally administered
-    std::fs::create_dir_all(state_dir)?;
-    let tmp = state_dir.join(".vtep-mac.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    writeln!(f, "{}", format_mac(&mac))?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    crate::files::write_atomic(&path, format!("{}\n", format_mac(&mac)).as_bytes(), 0o600)?;
     Ok(mac)
 }
 

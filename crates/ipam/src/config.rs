@@ -216,9 +216,8 @@ pub fn validate_range(cfg: &RangeConfig, prefix: &str) -> Result<ValidatedRange>
         ));
     }
     let v6 = subnet.network().is_ipv6();
-    let net = to_u128(subnet.network());
     let last = to_u128(subnet.broadcast());
-    let first_host = from_u128(net + 1, v6);
+    let first_host = default_gateway(&subnet);
     let check_inside = |k: &str, ip: IpAddr| -> Result<()> {
         if ip.is_ipv6() != v6 || !subnet.contains(&ip) {
             return Err(IpamError::config(
@@ -251,6 +250,12 @@ pub fn validate_range(cfg: &RangeConfig, prefix: &str) -> Result<ValidatedRange>
         range_end,
         gateway,
     })
+}
+
+/// A range's gateway when none is configured: the subnet's first address after the network
+/// address (host-local's default). weftd puts it on the bridge for each pod CIDR.
+pub fn default_gateway(subnet: &IpNet) -> IpAddr {
+    from_u128(to_u128(subnet.network()) + 1, subnet.network().is_ipv6())
 }
 
 impl ValidatedRange {

@@ -47,8 +47,8 @@ mod error;
 mod store;
 
 pub use config::{
-    validate_range, validate_range_sets, IpamConfig, RangeConfig, RangeSet, RouteConfig,
-    ValidatedRange, DEFAULT_DATA_DIR,
+    default_gateway, validate_range, validate_range_sets, IpamConfig, RangeConfig, RangeSet,
+    RouteConfig, ValidatedRange, DEFAULT_DATA_DIR,
 };
 pub use error::{ErrorKind, IpamError, Result};
 pub use store::{

@@ -990,7 +990,7 @@ fn a_node_moved_to_another_subnet_converges_without_restart() {
         .find(|(_, v)| v["name"] == "n1")
         .unwrap();
     record["name"] = "intruder".into();
-    record["underlay_ip"] = "10.99.99.99".into();
+    record["underlayIp"] = "10.99.99.99".into();
     c.etcdctl(&["put", &key, &record.to_string()]).unwrap();
 
     let moved = wait_for(Duration::from_secs(15), || {
@@ -1040,7 +1040,8 @@ fn a_node_moved_to_another_subnet_converges_without_restart() {
             .unwrap()
             .iter()
             .any(|p| p.as_str().unwrap().contains(&old_ip)),
-        "{status}"
+        "{status}\n{}",
+        weftd_log(&c, "n1")
     );
     let (code, body) = probe::http_get(
         node(&c, "n1").ns(),

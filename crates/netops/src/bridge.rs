@@ -6,6 +6,9 @@ use crate::error::{Error, Result};
 use crate::netlink::{Link, Netlink};
 use ipnet::IpNet;
 
+/// The node's pod bridge unless configured otherwise (plugin `bridge`, weftd `--bridge`).
+pub const DEFAULT_BRIDGE: &str = "weft0";
+
 /// The bridge's own MAC: `0a:58` (locally administered, unicast) and four bytes of a hash of
 /// its name, so the same on every call, every restart and every node.
 ///

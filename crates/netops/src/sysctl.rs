@@ -27,6 +27,23 @@ pub fn write(key: &str, value: &str) -> Result<()> {
     fs::write(&path, value.as_bytes()).map_err(|e| Error::io("write sysctl", path, e))
 }
 
+/// Turns IP forwarding on for the families asked for, in the calling thread's network
+/// namespace; writes only what is not on yet (the plugin and weftd both need it: a bridge that
+/// is the pods' gateway routes).
+pub fn enable_forwarding(ipv4: bool, ipv6: bool) -> Result<()> {
+    let keys = [
+        (ipv4, "net/ipv4/ip_forward"),
+        (ipv6, "net/ipv6/conf/all/forwarding"),
+    ];
+    for (_, key) in keys.into_iter().filter(|(wanted, _)| *wanted) {
+        if read(key).map(|v| v.trim() == "1").unwrap_or(false) {
+            continue;
+        }
+        write(key, "1")?;
+    }
+    Ok(())
+}
+
 /// Read /proc/sys/`key`, trimmed of the trailing newline.
 pub fn read(key: &str) -> Result<String> {
     let path = full_path(key)?;

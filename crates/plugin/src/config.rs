@@ -9,8 +9,8 @@ use weft_cni::error::{self, CniError};
 use weft_cni::{AttachmentKey, NetConfHeader};
 use weft_ipam::{IpamConfig, RangeSet};
 
-pub const DEFAULT_BRIDGE: &str = "weft0";
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/weft";
+pub use weft_ipam::DEFAULT_DATA_DIR;
+pub use weft_netops::bridge::DEFAULT_BRIDGE;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]

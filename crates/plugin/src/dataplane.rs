@@ -12,14 +12,11 @@ pub fn nl_error(e: impl std::fmt::Display) -> CniError {
     CniError::new(error::NETLINK, e.to_string())
 }
 
+/// A result's `mac` field: empty when the kernel reported none.
 pub fn mac_string(mac: Option<[u8; 6]>) -> String {
-    mac.map(|m| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    })
-    .unwrap_or_default()
+    mac.as_ref()
+        .map(weft_netops::netlink::format_mac)
+        .unwrap_or_default()
 }
 
 /// The bridge's address for a range: the gateway with the subnet's prefix length.
@@ -50,23 +47,13 @@ pub fn ensure_bridge(
     Ok(bridge)
 }
 
-/// A gateway bridge routes: ip_forward must be on for each family it serves.
+/// A gateway bridge routes: forwarding must be on for each family it serves.
 fn enable_forwarding(assigned: &[Assigned]) -> Result<(), CniError> {
-    let mut keys = Vec::new();
-    if assigned.iter().any(|a| a.address.addr().is_ipv4()) {
-        keys.push("net/ipv4/ip_forward");
-    }
-    if assigned.iter().any(|a| a.address.addr().is_ipv6()) {
-        keys.push("net/ipv6/conf/all/forwarding");
-    }
-    for key in keys {
-        if sysctl::read(key).map(|v| v.trim() == "1").unwrap_or(false) {
-            continue;
-        }
-        sysctl::write(key, "1")
-            .map_err(|e| CniError::new(error::IO_FAILURE, format!("sysctl {key}=1: {e}")))?;
-    }
-    Ok(())
+    sysctl::enable_forwarding(
+        assigned.iter().any(|a| a.address.addr().is_ipv4()),
+        assigned.iter().any(|a| a.address.addr().is_ipv6()),
+    )
+    .map_err(|e| CniError::new(error::IO_FAILURE, format!("enable forwarding: {e}")))
 }
 
 /// The routes the pod gets: a default route per family via its gateway, plus `ipam.routes`.

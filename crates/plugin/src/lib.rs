@@ -4,7 +4,7 @@
 mod add;
 mod check;
 pub mod config;
-mod dataplane;
+pub mod dataplane;
 mod del;
 pub mod events;
 mod gc;

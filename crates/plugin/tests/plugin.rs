@@ -8,6 +8,7 @@ use weft_lab::plugin::Call;
 use weft_lab::probe::ping;
 use weft_lab::{Netns, PluginOutput, PluginRunner};
 use weft_netops::netlink::{Netlink, Route};
+use weft_plugin::dataplane::mac_string;
 
 /// A node netns with its own IPAM data dir, and helpers to run the plugin in it.
 struct Node {
@@ -193,21 +194,13 @@ fn two_pods_reach_each_other_and_the_gateway_dual_stack() {
     let mut pod_nl = Netlink::in_netns(a.handle()).unwrap();
     let eth0 = pod_nl.get_link_by_name("eth0").unwrap().unwrap();
     assert_eq!(eth0.mtu, 1400);
-    assert_eq!(ra["interfaces"][2]["mac"], weft_lab_mac(eth0.mac));
+    assert_eq!(ra["interfaces"][2]["mac"], mac_string(eth0.mac));
 
     for (cid, ns) in [("ctr-a", &a), ("ctr-b", &b)] {
         assert!(node.call("DEL", cid, Some(&ns.path()), &conf).ok());
     }
     assert!(node.host_veths().is_empty());
     assert!(node.reservations().is_empty(), "{:?}", node.reservations());
-}
-
-fn weft_lab_mac(mac: Option<[u8; 6]>) -> String {
-    let m = mac.unwrap();
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 #[test]
@@ -552,7 +545,7 @@ fn deleting_a_pod_does_not_change_the_gateway_mac_of_the_others() {
         let r = node.add(&format!("ctr-mac-{i}"), pod, &conf);
         // The result reports the bridge's real MAC, never 00:00:00:00:00:00.
         let bridge = node.nl().get_link_by_name("weft0").unwrap().unwrap();
-        assert_eq!(r["interfaces"][0]["mac"], weft_lab_mac(bridge.mac));
+        assert_eq!(r["interfaces"][0]["mac"], mac_string(bridge.mac));
         assert_ne!(r["interfaces"][0]["mac"], "00:00:00:00:00:00");
         let host = node
             .nl()
@@ -603,7 +596,7 @@ fn an_existing_bridge_without_its_own_mac_is_repaired() {
         Some(weft_netops::bridge::stable_mac("weft0")),
         "bridge MAC not repaired"
     );
-    assert_eq!(r["interfaces"][0]["mac"], weft_lab_mac(bridge.mac));
+    assert_eq!(r["interfaces"][0]["mac"], mac_string(bridge.mac));
     assert!(node
         .call("DEL", "ctr-repair", Some(&pod.path()), &conf)
         .ok());

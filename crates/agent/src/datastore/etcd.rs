@@ -16,7 +16,7 @@
 //! subnet. A node that restarts within the TTL finds its own key and keeps its subnet; after a
 //! longer absence it asks for the subnet remembered in `<state_dir>/etcd-subnet.json` first.
 
-use super::{report_own, Backoff, DatastoreError, Health, OwnState, OwnTx, PeersTx};
+use super::{send_if_changed, Backoff, DatastoreError, Health, OwnState, OwnTx, PeersTx};
 use crate::node::{LocalIdentity, NodeRecord, Registration};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
@@ -27,9 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -687,11 +685,11 @@ impl EtcdStore {
                 Fail::Lost(msg) => {
                     warn!(node = me.name, reason = %msg, "etcd: own subnet lost, claiming another");
                     health.failed(format!("etcd: {msg}"));
-                    report_own(&own, OwnState::Lost(msg));
+                    send_if_changed(&own, OwnState::Lost(msg));
                     self.claimed = None;
                     self.lease = None;
                     let reg = self.register(&me, &health).await?;
-                    report_own(&own, OwnState::Registered(reg.pod_cidrs));
+                    send_if_changed(&own, OwnState::Registered(reg.pod_cidrs));
                 }
                 Fail::Resync(msg) => {
                     warn!(node = me.name, reason = %msg, "etcd: resyncing");
@@ -936,21 +934,8 @@ impl EtcdStore {
             name: me.name.clone(),
             pod_cidrs: pod_cidrs.to_vec(),
         };
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&self.cfg.state_dir)?;
-            let tmp = path.with_extension("json.tmp");
-            let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&serde_json::to_vec(&rem).expect("serializes"))?;
-            f.sync_all()?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-            std::fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
+        let body = serde_json::to_vec(&rem).expect("serializes");
+        if let Err(e) = crate::files::write_atomic(&path, &body, 0o600) {
             warn!(path = %path.display(), error = %e, "etcd: cannot remember subnet");
         }
     }
@@ -964,13 +949,7 @@ fn publish(nodes: &BTreeMap<Vec<u8>, NodeRecord>, me: &LocalIdentity, peers: &Pe
         .cloned()
         .collect();
     sort_records(&mut others);
-    peers.send_if_modified(|cur| {
-        let changed = cur.as_ref() != Some(&others);
-        if changed {
-            *cur = Some(others);
-        }
-        changed
-    });
+    send_if_changed(peers, Some(others));
 }
 
 #[cfg(test)]

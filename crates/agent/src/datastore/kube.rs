@@ -14,7 +14,7 @@
 //! RBAC (a ClusterRole bound to weftd's service account): `nodes`: `get`, `list`, `watch`,
 //! `patch`.
 
-use super::{report_own, Backoff, DatastoreError, Health, OwnState, OwnTx, PeersTx};
+use super::{send_if_changed, Backoff, DatastoreError, Health, OwnState, OwnTx, PeersTx};
 use crate::node::{LocalIdentity, NodeRecord, Registration};
 use ::kube::api::{Api, Patch, PatchParams};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
@@ -192,7 +192,7 @@ impl KubeStore {
                 Event::InitDone => {
                     nodes = listing.take().unwrap_or_default();
                     debug!(nodes = nodes.len(), "kubernetes: listed nodes");
-                    report_own(&own_tx, own.check(nodes.get(&me.name), &me));
+                    send_if_changed(&own_tx, own.check(nodes.get(&me.name), &me));
                     publish(&nodes, &me, &peers);
                     continue;
                 }
@@ -208,7 +208,7 @@ impl KubeStore {
             };
             let Some(name) = changed else { continue };
             if name == me.name {
-                report_own(&own_tx, own.check(nodes.get(&me.name), &me));
+                send_if_changed(&own_tx, own.check(nodes.get(&me.name), &me));
             } else {
                 publish(&nodes, &me, &peers);
             }
@@ -513,14 +513,10 @@ fn publish(nodes: &BTreeMap<String, NodeFacts>, me: &LocalIdentity, peers: &Peer
         }
     }
     // BTreeMap order is already by name.
-    peers.send_if_modified(|cur| {
-        let changed = cur.as_ref() != Some(&others);
-        if changed {
-            debug!(peers = others.len(), "kubernetes: peers changed");
-            *cur = Some(others);
-        }
-        changed
-    });
+    let n = others.len();
+    if send_if_changed(peers, Some(others)) {
+        debug!(peers = n, "kubernetes: peers changed");
+    }
 }
 
 #[cfg(test)]

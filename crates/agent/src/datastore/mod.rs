@@ -29,15 +29,15 @@ pub enum OwnState {
 /// Where a datastore reports [`OwnState`]; starts as the registration's pod CIDRs.
 pub type OwnTx = watch::Sender<OwnState>;
 
-/// Sends `state` if it differs from what was last sent.
-pub(crate) fn report_own(own: &OwnTx, state: OwnState) {
-    own.send_if_modified(|cur| {
-        let changed = *cur != state;
+/// Sends `value` unless it equals what was sent last: receivers wake only for a change.
+pub(crate) fn send_if_changed<T: PartialEq>(tx: &watch::Sender<T>, value: T) -> bool {
+    tx.send_if_modified(|cur| {
+        let changed = *cur != value;
         if changed {
-            *cur = state;
+            *cur = value;
         }
         changed
-    });
+    })
 }
 
 /// Datastore connectivity, shared with readiness, status and metrics.

@@ -9,7 +9,7 @@
 //! the file for nodes reached over VXLAN; weftd derives its own MAC from it too.
 //! The file is re-read every few seconds; edits take effect without a restart.
 
-use super::{report_own, DatastoreError, Health, OwnState, OwnTx, PeersTx};
+use super::{send_if_changed, DatastoreError, Health, OwnState, OwnTx, PeersTx};
 use crate::node::{LocalIdentity, NodeRecord, Registration};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -87,19 +87,13 @@ impl StaticStore {
                             self.path.display()
                         )),
                     };
-                    report_own(&own, state);
+                    send_if_changed(&own, state);
                     let others: Vec<NodeRecord> = file
                         .nodes
                         .into_iter()
                         .filter(|n| n.name != me.name)
                         .collect();
-                    peers.send_if_modified(|cur| {
-                        let changed = cur.as_ref() != Some(&others);
-                        if changed {
-                            *cur = Some(others);
-                        }
-                        changed
-                    });
+                    send_if_changed(&peers, Some(others));
                 }
                 Err(e) => health.failed(e),
             }
