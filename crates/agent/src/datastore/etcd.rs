@@ -723,13 +723,20 @@ impl EtcdStore {
                 id
             }
         };
+        // An expired lease has a TTL of -1: ask (typed) rather than read the keep-alive
+        // error's text, and start over with a new lease.
+        let ttl = call(
+            format!("time to live of lease {lease:x}"),
+            client.lease_time_to_live(lease, None),
+        )
+        .await?;
+        if ttl.ttl() < 0 {
+            self.lease = None;
+            return Err(Fail::Resync(format!("lease {lease:x} expired")));
+        }
         let (mut keeper, mut acks) =
             match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_keep_alive(lease)).await {
                 Ok(Ok(pair)) => pair,
-                Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => {
-                    self.lease = None;
-                    return Err(Fail::Resync(format!("lease {lease:x} expired")));
-                }
                 Ok(Err(e)) => {
                     return Err(Fail::Unavailable(format!(
                         "keep lease {lease:x} alive: {e}"
