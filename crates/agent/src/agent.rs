@@ -8,6 +8,7 @@ use crate::backend::{self, LocalView, PathKind};
 use crate::config::{BackendKind, DatastoreKind, FirewallKind, RunConfig};
 use crate::datastore::OwnState;
 use crate::datastore::{self, Datastore, Health};
+use crate::error::{file, kernel, Error, Result};
 use crate::metrics::{ObjectLabel, PathLabel};
 use crate::node::{LocalIdentity, NodeRecord, Registration};
 use crate::reconcile::{self, Report};
@@ -115,7 +116,7 @@ impl Shared {
     }
 }
 
-fn firewall_driver(kind: FirewallKind) -> Result<Option<Box<dyn Firewall>>, String> {
+fn firewall_driver(kind: FirewallKind) -> Result<Option<Box<dyn Firewall>>> {
     let kind = match kind {
         FirewallKind::None => return Ok(None),
         FirewallKind::Auto => DriverKind::Auto,
@@ -124,18 +125,16 @@ fn firewall_driver(kind: FirewallKind) -> Result<Option<Box<dyn Firewall>>, Stri
         FirewallKind::IptablesNft => DriverKind::Iptables(IptablesVariant::Nft),
         FirewallKind::IptablesLegacy => DriverKind::Iptables(IptablesVariant::Legacy),
     };
-    weft_firewall::driver(kind)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    Ok(Some(weft_firewall::driver(kind)?))
 }
 
-fn build_datastore(cfg: &RunConfig) -> Result<Datastore, String> {
+fn build_datastore(cfg: &RunConfig) -> Result<Datastore> {
     Ok(match cfg.datastore {
         DatastoreKind::Static => {
             let path = cfg
                 .static_file
                 .clone()
-                .ok_or("--datastore static needs --static-file")?;
+                .ok_or_else(|| Error::Config("--datastore static needs --static-file".into()))?;
             Datastore::Static(datastore::static_file::StaticStore::new(path))
         }
         DatastoreKind::Etcd => Datastore::Etcd(datastore::etcd::EtcdStore::new(
@@ -163,7 +162,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("blocking task panicked")
 }
 
-pub async fn run(cfg: RunConfig) -> Result<(), String> {
+pub async fn run(cfg: RunConfig) -> Result<()> {
     let shared = Arc::new(Shared {
         status: Mutex::new(Status {
             node: cfg.node_name.clone(),
@@ -185,7 +184,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
 
     let (ifname, ip) = (cfg.underlay_interface.clone(), cfg.underlay_ip);
     let underlay = blocking(move || {
-        let mut nl = Netlink::new().map_err(|e| e.to_string())?;
+        let mut nl = Netlink::new().map_err(kernel("open netlink"))?;
         underlay::detect(&mut nl, ifname.as_deref(), ip)
     })
     .await?;
@@ -193,10 +192,7 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
 
     let uses_vxlan = cfg.backend != BackendKind::HostGw;
     let mut vtep_mac = if uses_vxlan {
-        Some(
-            vxlan::load_or_create_mac(&cfg.state_dir)
-                .map_err(|e| format!("VTEP MAC in {}: {e}", cfg.state_dir.display()))?,
-        )
+        Some(vxlan::load_or_create_mac(&cfg.state_dir).map_err(file(&cfg.state_dir))?)
     } else {
         None
     };
@@ -225,13 +221,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
     });
 
     let mut store = build_datastore(&cfg)?;
-    let reg: Registration = store
-        .register(&me, &shared.health)
-        .await
-        .map_err(|e| e.to_string())?;
+    let reg: Registration = store.register(&me, &shared.health).await?;
     if let (true, Some(assigned)) = (uses_vxlan, reg.vtep_mac.as_deref()) {
         let mac = vxlan::parse_mac(assigned)
-            .ok_or_else(|| format!("datastore assigns a bad VTEP MAC {assigned:?}"))?;
+            .ok_or_else(|| Error::Node(format!("datastore assigns a bad VTEP MAC {assigned:?}")))?;
         vtep_mac = Some(mac);
         me.vtep_mac = Some(format_mac(&mac));
     }
@@ -302,11 +295,10 @@ pub async fn run(cfg: RunConfig) -> Result<(), String> {
         let full = tokio::select! {
             changed = peers_rx.changed() => {
                 if changed.is_err() {
-                    let why = match datastore_task.await {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "datastore task ended".into(),
-                    };
-                    return Err(why);
+                    return Err(match datastore_task.await {
+                        Ok(Err(e)) => e.into(),
+                        _ => Error::Node("the datastore task ended".into()),
+                    });
                 }
                 false
             }
@@ -599,7 +591,7 @@ impl NodeSetup {
             .map_err(|e| format!("enable forwarding: {e}"))
     }
 
-    fn ensure_vtep(&self, nl: &mut Netlink) -> Result<Option<u32>, String> {
+    fn ensure_vtep(&self, nl: &mut Netlink) -> Result<Option<u32>> {
         let Some(mac) = self.vtep_mac else {
             return Ok(None);
         };
@@ -717,14 +709,10 @@ impl NodeSetup {
 
 /// Removes the addresses on `index` that are not in `want` (weftd owns every address on the
 /// bridge and the VTEP; link-local stays).
-pub(crate) fn remove_stale_addresses(
-    nl: &mut Netlink,
-    index: u32,
-    want: &[IpNet],
-) -> Result<(), String> {
+pub(crate) fn remove_stale_addresses(nl: &mut Netlink, index: u32, want: &[IpNet]) -> Result<()> {
     let have: Vec<IpNet> = nl
         .list_addresses(Some(index))
-        .map_err(|e| e.to_string())?
+        .map_err(kernel(format!("list addresses of link {index}")))?
         .into_iter()
         .map(|(_, a)| a)
         .collect();
@@ -733,7 +721,7 @@ pub(crate) fn remove_stale_addresses(
         match nl.del_address(index, stale) {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(format!("remove address {stale}: {e}")),
+            Err(e) => return Err(kernel(format!("remove address {stale}"))(e)),
         }
     }
     Ok(())

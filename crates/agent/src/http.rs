@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<(), String> {
+pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> crate::error::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -21,7 +21,7 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<(), String> 
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("listen on {addr}: {e}"))?;
+        .map_err(|source| crate::error::Error::Listen { addr, source })?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "http server stopped");

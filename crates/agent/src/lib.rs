@@ -13,6 +13,7 @@ pub mod cniconf;
 pub mod config;
 pub mod datastore;
 pub mod desired;
+pub mod error;
 pub mod events;
 pub mod files;
 pub mod http;

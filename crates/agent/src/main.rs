@@ -76,7 +76,9 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
+            // The whole chain of causes: "what: why: deeper why".
             rt.block_on(agent::run(*cfg))
+                .map_err(|e| weft_agent::error::chain(&e))
         }
         Cmd::InitEtcd(args) => {
             init_logging(LogFormat::Text);

@@ -12,6 +12,7 @@
 //! the last apply programmed, so the work is the change and no kernel dump; on the periodic
 //! resync it runs against the kernel as read, which repairs anything done behind weft's back.
 use crate::backend::{PathKind, PeerPlan, RTPROT_WEFT};
+use crate::error::{kernel, Result};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -75,10 +76,10 @@ impl Dataplane {
     }
 
     /// What weft owns in the kernel now. `vtep` is the VTEP's ifindex, if there is one.
-    pub fn read(nl: &mut Netlink, vtep: Option<u32>) -> Result<Dataplane, String> {
+    pub fn read(nl: &mut Netlink, vtep: Option<u32>) -> Result<Dataplane> {
         let routes = nl
             .list_routes(None, Some(254))
-            .map_err(|e| format!("list routes: {e}"))?
+            .map_err(kernel("list routes"))?
             .into_iter()
             .filter(|r| r.protocol == RTPROT_WEFT)
             .map(|r| (r.dst, r))
@@ -87,14 +88,14 @@ impl Dataplane {
         if let Some(ix) = vtep {
             neighbours = nl
                 .list_neighbours(Some(ix))
-                .map_err(|e| format!("list neighbours: {e}"))?
+                .map_err(kernel("list neighbours"))?
                 .into_iter()
                 .filter(|n| n.state & NUD_PERMANENT != 0)
                 .map(|n| (n.ip, n))
                 .collect();
             fdb = nl
                 .list_fdb(ix)
-                .map_err(|e| format!("list fdb: {e}"))?
+                .map_err(kernel("list fdb"))?
                 .into_iter()
                 .filter(|f| f.dst.is_some() && f.mac != [0; 6])
                 .map(|f| ((f.mac, f.dst), f))
@@ -293,17 +294,17 @@ pub fn report(
 }
 
 /// Removes every route weft owns (for `weftd cleanup`).
-pub fn remove_all_routes(nl: &mut Netlink) -> Result<usize, String> {
+pub fn remove_all_routes(nl: &mut Netlink) -> Result<usize> {
     let routes: Vec<Request> = nl
         .list_routes(None, Some(254))
-        .map_err(|e| e.to_string())?
+        .map_err(kernel("list routes"))?
         .into_iter()
         .filter(|r| r.protocol == RTPROT_WEFT)
         .map(Request::DelRoute)
         .collect();
     let n = routes.len();
-    for res in nl.batch(&routes) {
-        res.map_err(|e| e.to_string())?;
+    for (req, res) in routes.iter().zip(nl.batch(&routes)) {
+        res.map_err(kernel(req.describe()))?;
     }
     Ok(n)
 }

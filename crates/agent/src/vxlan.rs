@@ -5,6 +5,7 @@
 //! overlay. Its MAC is kept in the state dir: peers' neighbour entries point at it, and a new
 //! MAC after a restart would black-hole traffic until every peer reconciled (flannel#1788).
 
+use crate::error::{kernel, Error, Result};
 use crate::underlay::Underlay;
 use ipnet::IpNet;
 use std::path::Path;
@@ -57,15 +58,18 @@ pub struct VtepSpec<'a> {
 
 /// Creates the VTEP if missing and brings an existing one in line (MAC, MTU, addresses, up)
 /// without recreating it: recreating would drop traffic. Returns its ifindex.
-pub fn ensure(nl: &mut Netlink, spec: &VtepSpec) -> Result<u32, String> {
+pub fn ensure(nl: &mut Netlink, spec: &VtepSpec) -> Result<u32> {
     let name = device_name(spec.vni);
-    let link = match nl.get_link_by_name(&name).map_err(|e| e.to_string())? {
+    let link = match nl
+        .get_link_by_name(&name)
+        .map_err(kernel(format!("get link {name}")))?
+    {
         Some(link) if link.kind.as_deref() == Some("vxlan") => link,
         Some(other) => {
-            return Err(format!(
+            return Err(Error::Node(format!(
                 "{name} exists and is not a vxlan device (kind {:?})",
                 other.kind
-            ))
+            )))
         }
         None => {
             let mut v = VxlanSpec::new(&name, spec.vni);
@@ -74,34 +78,36 @@ pub fn ensure(nl: &mut Netlink, spec: &VtepSpec) -> Result<u32, String> {
             v.underlay_ifindex = Some(spec.underlay.ifindex);
             v.mac = Some(spec.mac);
             v.mtu = Some(spec.mtu);
-            nl.create_vxlan(&v).map_err(|e| e.to_string())?;
+            nl.create_vxlan(&v)
+                .map_err(kernel(format!("create vxlan {name}")))?;
             nl.get_link_by_name(&name)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("{name} vanished after creation"))?
+                .map_err(kernel(format!("get link {name}")))?
+                .ok_or_else(|| Error::Node(format!("{name} vanished after creation")))?
         }
     };
     if link.mac != Some(spec.mac) {
         nl.set_mac(link.index, spec.mac)
-            .map_err(|e| e.to_string())?;
+            .map_err(kernel(format!("set {name} address")))?;
     }
     if link.mtu != spec.mtu {
         nl.set_mtu(link.index, spec.mtu)
-            .map_err(|e| e.to_string())?;
+            .map_err(kernel(format!("set {name} mtu")))?;
     }
     let have = nl
         .list_addresses(Some(link.index))
-        .map_err(|e| e.to_string())?;
+        .map_err(kernel(format!("list {name} addresses")))?;
     let want: Vec<IpNet> = spec.pod_cidrs.iter().map(vtep_addr).collect();
     for addr in &want {
         if !have.iter().any(|(_, a)| a == addr) {
             nl.add_address(link.index, *addr, true)
-                .map_err(|e| e.to_string())?;
+                .map_err(kernel(format!("add {addr} to {name}")))?;
         }
     }
     // Addresses of a former pod CIDR go (a new CIDR after the Node was re-created).
     crate::agent::remove_stale_addresses(nl, link.index, &want)?;
     if !link.up {
-        nl.set_link_up(link.index).map_err(|e| e.to_string())?;
+        nl.set_link_up(link.index)
+            .map_err(kernel(format!("set {name} up")))?;
     }
     Ok(link.index)
 }

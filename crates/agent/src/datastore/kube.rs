@@ -338,18 +338,7 @@ pub fn describe_error(what: &str, server: &str, e: &::kube::Error) -> String {
         };
         return format!("{what}: {} (HTTP {}{reason})", status.message, status.code);
     }
-    let mut msg = format!("{what} at {server}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        // Each layer tends to repeat the one below it in its own message.
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = cause.source();
-    }
-    msg
+    format!("{what} at {server}: {}", crate::error::chain(e))
 }
 
 /// Merge patch of our annotations; a VTEP MAC we no longer have is removed (`null`).
