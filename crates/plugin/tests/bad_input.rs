@@ -4,6 +4,8 @@
 //! addresses and routes of the node and the pod netns, the node's forwarding sysctls and every
 //! file under the IPAM data dirs are compared before and after.
 
+mod common;
+
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -73,10 +75,7 @@ impl Node {
         let pod = Netns::new("wtb-pod").expect("create pod netns");
         let root = std::env::temp_dir().join(format!("weft-bad-{}", ns.name));
         std::fs::create_dir_all(root.join("bin")).unwrap();
-        let bin_dir = Path::new(env!("CARGO_BIN_EXE_weft"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
+        let bin_dir = common::bin_dir();
         Node {
             ns,
             pod,

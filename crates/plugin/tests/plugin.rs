@@ -1,6 +1,9 @@
 //! The built `weft` binary exec'd as a runtime execs it, in network namespaces: a netns plays
 //! the node, further ones the pods. Nothing touches the machine's own network namespace.
 
+mod common;
+
+use common::{ips_of, ScratchDir};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -13,22 +16,18 @@ use weft_plugin::dataplane::mac_string;
 /// A node netns with its own IPAM data dir, and helpers to run the plugin in it.
 struct Node {
     ns: Netns,
-    data_dir: PathBuf,
+    data_dir: ScratchDir,
     bin_dir: PathBuf,
 }
 
 impl Node {
     fn new() -> Node {
         let ns = Netns::new("wtp-node").expect("create node netns");
-        let data_dir = std::env::temp_dir().join(format!("weft-test-{}", ns.name));
-        let bin_dir = Path::new(env!("CARGO_BIN_EXE_weft"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
+        let data_dir = ScratchDir::new("test", &ns.name);
         Node {
             ns,
             data_dir,
-            bin_dir,
+            bin_dir: common::bin_dir(),
         }
     }
 
@@ -48,7 +47,7 @@ impl Node {
             "type": "weft",
             "bridge": "weft0",
             "mtu": 1400,
-            "ipam": { "type": "weft", "ranges": ranges, "dataDir": self.data_dir },
+            "ipam": { "type": "weft", "ranges": ranges, "dataDir": self.data_dir.path() },
         })
     }
 
@@ -118,30 +117,6 @@ impl Node {
         v.sort();
         v
     }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
-fn ips_of(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ip| {
-            ip["address"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect()
 }
 
 #[test]

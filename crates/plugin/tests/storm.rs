@@ -15,6 +15,9 @@
 //! `WEFT_STORM_OPS=10000 cargo test -p weft-plugin --test storm -- --nocapture`
 //! (`WEFT_STORM_SEED=N` replays a run's random choices, not its timing; the seed is printed).
 
+mod common;
+
+use common::{ips_of, ScratchDir};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
@@ -100,7 +103,7 @@ struct Variant {
 
 struct Node {
     ns: Netns,
-    data_dir: PathBuf,
+    data_dir: ScratchDir,
     bin_dir: PathBuf,
     conf: Value,
 }
@@ -108,11 +111,8 @@ struct Node {
 impl Node {
     fn new(v: &Variant) -> Node {
         let ns = Netns::new("wts-node").expect("create node netns");
-        let data_dir = std::env::temp_dir().join(format!("weft-storm-{}", ns.name));
-        let bin_dir = Path::new(env!("CARGO_BIN_EXE_weft"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
+        let data_dir = ScratchDir::new("storm", &ns.name);
+        let bin_dir = common::bin_dir();
         // A /25: 125 addresses for at most 64 attachments, so round-robin reuses addresses
         // often (every ~125 ADDs) but the range never runs out.
         let mut ranges = vec![json!([{ "subnet": "10.77.0.0/25" }])];
@@ -126,7 +126,7 @@ impl Node {
             "bridge": BRIDGE,
             "mtu": 1400,
             "ipMasq": v.ip_masq,
-            "ipam": { "type": "weft", "ranges": ranges, "dataDir": data_dir },
+            "ipam": { "type": "weft", "ranges": ranges, "dataDir": data_dir.path() },
         });
         Node {
             ns,
@@ -231,23 +231,6 @@ impl Node {
             .into_iter()
             .collect()
     }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
-fn ips_of(result: &Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn cid(i: usize) -> String {
