@@ -250,6 +250,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         underlay: Mutex::new(underlay),
         vtep_mac,
         pod_cidrs: Mutex::new(reg.pod_cidrs.clone()),
+        identity: watch::Sender::new(me.clone()),
         own_lost: Mutex::new(None),
         programmed: Mutex::new(None),
         pod_mtu,
@@ -284,9 +285,9 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     let (peers_tx, mut peers_rx) = watch::channel::<Option<Vec<NodeRecord>>>(None);
     let (own_tx, mut own_rx) = watch::channel(OwnState::Registered(reg.pod_cidrs.clone()));
     let health = shared.health.clone();
-    let me2 = me.clone();
+    let identity = node.identity.subscribe();
     let datastore_task =
-        tokio::spawn(async move { store.run(me2, peers_tx, own_tx, health).await });
+        tokio::spawn(async move { store.run(identity, peers_tx, own_tx, health).await });
 
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -392,6 +393,8 @@ struct NodeSetup {
     /// This node's pod CIDRs as the datastore holds them now (they can change: see
     /// [`OwnState`]).
     pod_cidrs: Mutex<Vec<IpNet>>,
+    /// What this node publishes about itself; the underlay address follows the kernel.
+    identity: watch::Sender<LocalIdentity>,
     /// Why this node is not registered any more (own Node deleted, lease lost), if so.
     own_lost: Mutex<Option<String>>,
     /// What the last reconcile left programmed for the peers; `None` until the first full
@@ -444,7 +447,19 @@ impl NodeSetup {
         // The underlay may have been re-created (new ifindex) or re-addressed.
         let cfg = &self.cfg;
         match underlay::detect(&mut nl, cfg.underlay_interface.as_deref(), cfg.underlay_ip) {
-            Ok(u) => *self.underlay.lock().unwrap() = u,
+            Ok(u) => {
+                // Re-addressed: the datastore publishes the new address to the peers.
+                let ip = u.ip();
+                self.identity.send_if_modified(|me| {
+                    let changed = me.underlay_ip != ip;
+                    if changed {
+                        tracing::warn!(old = %me.underlay_ip, new = %ip, "underlay address changed");
+                        me.underlay_ip = ip;
+                    }
+                    changed
+                });
+                *self.underlay.lock().unwrap() = u;
+            }
             Err(e) => problems.push(format!("underlay: {e}")),
         }
         if let Err(e) = self.ensure_vtep(&mut nl) {
@@ -510,7 +525,13 @@ impl NodeSetup {
         let own_lost = self.own_lost.lock().unwrap().clone();
         let stranded = self.stranded_pods(&pod_cidrs);
         problems.extend(stranded.iter().map(|p| p.to_string()));
+        let underlay = self.underlay.lock().unwrap().clone();
         shared.update(|s| {
+            s.underlay = Some(UnderlayStatus {
+                interface: underlay.ifname.clone(),
+                address: underlay.addr,
+                mtu: underlay.mtu,
+            });
             s.ready =
                 cni_written.is_some() && rules_ok && own_lost.is_none() && stranded.is_empty();
             s.waiting_for = if s.ready {

@@ -225,7 +225,9 @@ impl Running {
         let (own_tx, own) = watch::channel(OwnState::Registered(reg.pod_cidrs.clone()));
         let (me2, health2) = (me.clone(), health.clone());
         let task = tokio::spawn(async move {
-            s.run(me2, tx, own_tx, health2).await.unwrap();
+            s.run(watch::channel(me2).1, tx, own_tx, health2)
+                .await
+                .unwrap();
         });
         Running {
             me,
@@ -578,7 +580,7 @@ async fn lost_own_key_is_recreated_and_stolen_subnet_is_replaced() {
     let health = Health::default();
     let (tx, _rx) = watch::channel(None);
     let (own_tx, mut own) = watch::channel(OwnState::Registered(reg_d.pod_cidrs.clone()));
-    let task = tokio::spawn(s.run(d.clone(), tx, own_tx, health.clone()));
+    let task = tokio::spawn(s.run(watch::channel(d.clone()).1, tx, own_tx, health.clone()));
     let lost = tokio::time::timeout(
         Duration::from_secs(10),
         own.wait_for(|o| matches!(o, OwnState::Lost(_))),

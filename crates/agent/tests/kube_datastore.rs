@@ -53,6 +53,8 @@ struct Setup {
     store: Option<KubeStore>,
     /// This node's own state as the running store reports it.
     own: Option<watch::Receiver<OwnState>>,
+    /// What the agent tells the running store about this node (its underlay address).
+    identity: Option<watch::Sender<LocalIdentity>>,
 }
 
 impl Setup {
@@ -72,6 +74,7 @@ impl Setup {
             _dir: dir,
             store: Some(store),
             own: None,
+            identity: None,
         }
     }
 
@@ -98,7 +101,9 @@ impl Setup {
         let (own_tx, own) = watch::channel(OwnState::Registered(reg.pod_cidrs.clone()));
         self.own = Some(own);
         let health = health.clone();
-        tokio::spawn(async move { store.run(me(), tx, own_tx, health).await });
+        let (identity_tx, identity) = watch::channel(me());
+        self.identity = Some(identity_tx);
+        tokio::spawn(async move { store.run(identity, tx, own_tx, health).await });
         rx
     }
 
@@ -616,6 +621,40 @@ async fn own_node_deleted_and_recreated_reports_loss_then_the_new_cidr() {
             .node("n1")
             .and_then(|n| annotation(&n, ANNOTATION_UNDERLAY_IP))
             .is_some()
+    })
+    .await;
+}
+
+/// Issue 11: the node's underlay address changes while weftd runs; the store annotates the Node
+/// with the new one (peers route to it).
+#[tokio::test]
+async fn a_new_underlay_address_is_published_on_the_node() {
+    let mut s = Setup::new().await;
+    s.fake.put_node(node_json(
+        "n1",
+        &["10.244.1.0/24"],
+        Some("192.168.50.1"),
+        &[],
+    ));
+    let health = Health::default();
+    let _peers = s.run(&health).await;
+    eventually(Duration::from_secs(5), "first annotation", || {
+        s.fake
+            .node("n1")
+            .and_then(|n| annotation(&n, ANNOTATION_UNDERLAY_IP))
+            .as_deref()
+            == Some("192.168.50.1")
+    })
+    .await;
+    s.identity.as_ref().unwrap().send_modify(|me| {
+        me.underlay_ip = ip("192.168.50.101");
+    });
+    eventually(Duration::from_secs(5), "new address annotated", || {
+        s.fake
+            .node("n1")
+            .and_then(|n| annotation(&n, ANNOTATION_UNDERLAY_IP))
+            .as_deref()
+            == Some("192.168.50.101")
     })
     .await;
 }

@@ -1111,3 +1111,50 @@ fn weft_agent_gateway(cidr: &IpNet) -> IpNet {
     )
     .unwrap()
 }
+
+/// Issue 11: a node re-addressed on the underlay while weftd runs (DHCP renumbering, a
+/// replaced NIC) publishes its new address without a restart; peers route its pods to it.
+#[test]
+fn a_node_readdressed_on_the_underlay_is_followed_by_its_peers() {
+    let mut c = start(config("host-gw", "nftables", 2, false));
+    let p1 = add_pod(&mut c, "n1", "a");
+    let p2 = add_pod(&mut c, "n2", "b");
+    assert!(probe::ping(p2.netns.handle(), p1.ips[0]));
+    let old = node(&c, "n1").underlay_ip;
+    let new = Ipv4Addr::new(old.octets()[0], old.octets()[1], old.octets()[2], 111);
+
+    // n1's eth0 loses its address and gets a new one (as a renumbering does; the other order
+    // would take the new one with the old, a secondary address going with its primary).
+    let mut nl = Netlink::in_netns(node(&c, "n1").ns()).unwrap();
+    let eth0 = nl.get_link_by_name("eth0").unwrap().unwrap();
+    let (_, old_net) = nl
+        .list_addresses(Some(eth0.index))
+        .unwrap()
+        .into_iter()
+        .find(|(_, a)| a.addr() == IpAddr::V4(old))
+        .unwrap();
+    let new_net = IpNet::new(IpAddr::V4(new), old_net.prefix_len()).unwrap();
+    nl.del_address(eth0.index, old_net).unwrap();
+    nl.add_address(eth0.index, new_net, true).unwrap();
+    let t = Instant::now();
+
+    let followed = wait_for(Duration::from_secs(20), || {
+        peer_info(&c, "n1").underlay_ip == IpAddr::V4(new)
+            && probe::ping_n(p2.netns.handle(), p1.ips[0], 1, 0.2)
+    });
+    assert!(
+        followed.is_some(),
+        "peers did not follow n1 to {new}:\n{}",
+        weftd_log(&c, "n1")
+    );
+    eprintln!(
+        "n1 re-addressed: published and reachable again after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        agent_status(&c, "n1")["underlay"]["address"],
+        new_net.to_string()
+    );
+    assert!(probe::ping(p1.netns.handle(), p2.ips[0]));
+    tear_down(c);
+}

@@ -16,7 +16,10 @@
 //! subnet. A node that restarts within the TTL finds its own key and keeps its subnet; after a
 //! longer absence it asks for the subnet remembered in `<state_dir>/etcd-subnet.json` first.
 
-use super::{send_if_changed, Backoff, DatastoreError, Health, OwnState, OwnTx, PeersTx};
+use super::{
+    identity_changed, send_if_changed, Backoff, DatastoreError, Health, IdentityRx, OwnState,
+    OwnTx, PeersTx,
+};
 use crate::node::{LocalIdentity, NodeRecord, Registration};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
@@ -657,7 +660,7 @@ impl EtcdStore {
     /// claims another and reports it on `own`: the agent moves the node to it.
     pub async fn run(
         mut self,
-        me: LocalIdentity,
+        mut identity: IdentityRx,
         peers: PeersTx,
         own: OwnTx,
         health: Health,
@@ -670,8 +673,9 @@ impl EtcdStore {
         let mut backoff = Backoff::new();
         loop {
             let claimed = self.claimed.clone().expect("registered");
+            let me = identity.borrow_and_update().clone();
             let fail = match self
-                .session(&claimed, &me, &peers, &health, &mut backoff)
+                .session(&claimed, &me, &mut identity, &peers, &health, &mut backoff)
                 .await
             {
                 Ok(never) => match never {},
@@ -710,6 +714,7 @@ impl EtcdStore {
         &mut self,
         claimed: &Claimed,
         me: &LocalIdentity,
+        identity: &mut IdentityRx,
         peers: &PeersTx,
         health: &Health,
         backoff: &mut Backoff,
@@ -813,6 +818,11 @@ impl EtcdStore {
         let mut last_ack = Instant::now();
         loop {
             tokio::select! {
+                // Our record must say the new address: the next session re-claims our key
+                // with it.
+                _ = identity_changed(identity) => {
+                    return Err(Fail::Resync("this node's underlay address changed".into()));
+                }
                 _ = tick.tick() => {
                     if last_ack.elapsed() > self.cfg.lease_ttl {
                         return Err(Fail::Unavailable(format!(

@@ -14,7 +14,10 @@
 //! RBAC (a ClusterRole bound to weftd's service account): `nodes`: `get`, `list`, `watch`,
 //! `patch`.
 
-use super::{send_if_changed, Backoff, DatastoreError, Health, OwnState, OwnTx, PeersTx};
+use super::{
+    identity_changed, send_if_changed, Backoff, DatastoreError, Health, IdentityRx, OwnState,
+    OwnTx, PeersTx,
+};
 use crate::node::{LocalIdentity, NodeRecord, Registration};
 use ::kube::api::{Api, Patch, PatchParams};
 use ::kube::config::{KubeConfigOptions, Kubeconfig};
@@ -138,11 +141,12 @@ impl KubeStore {
     /// keeps this node's annotations in place.
     pub async fn run(
         mut self,
-        me: LocalIdentity,
+        mut identity: IdentityRx,
         peers: PeersTx,
         own_tx: OwnTx,
         health: Health,
     ) -> Result<(), DatastoreError> {
+        let mut me = identity.borrow_and_update().clone();
         use ::kube::runtime::watcher::{self, Event};
         use ::kube::runtime::WatchStreamExt;
 
@@ -163,6 +167,15 @@ impl KubeStore {
                 item = events.next() => item,
                 _ = tokio::time::sleep_until(own.retry_at), if own.needs_patch => {
                     own.patch(&api, &self.server, &me, &health).await;
+                    continue;
+                }
+                // A new underlay address: annotate our Node with it (peers route to it).
+                _ = identity_changed(&mut identity) => {
+                    me = identity.borrow_and_update().clone();
+                    info!(node = %me.name, underlay_ip = %me.underlay_ip, "kubernetes: this node's underlay address changed");
+                    own.needs_patch = true;
+                    own.retry_at = tokio::time::Instant::now();
+                    publish(&nodes, &me, &peers);
                     continue;
                 }
             };

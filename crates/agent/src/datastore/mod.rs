@@ -29,6 +29,17 @@ pub enum OwnState {
 /// Where a datastore reports [`OwnState`]; starts as the registration's pod CIDRs.
 pub type OwnTx = watch::Sender<OwnState>;
 
+/// What this node publishes about itself, as the agent last found it (its underlay address
+/// can change while weftd runs; the datastore then publishes the new one).
+pub type IdentityRx = watch::Receiver<LocalIdentity>;
+
+/// Waits for a new identity; never returns once the agent has dropped its sender (tests).
+pub(crate) async fn identity_changed(rx: &mut IdentityRx) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await
+    }
+}
+
 /// Sends `value` unless it equals what was sent last: receivers wake only for a change.
 pub(crate) fn send_if_changed<T: PartialEq>(tx: &watch::Sender<T>, value: T) -> bool {
     tx.send_if_modified(|cur| {
@@ -109,13 +120,16 @@ impl Datastore {
     /// node's own state when it changes. Returns only on a fatal error.
     pub async fn run(
         self,
-        me: LocalIdentity,
+        me: IdentityRx,
         peers: PeersTx,
         own: OwnTx,
         health: Health,
     ) -> Result<(), DatastoreError> {
         match self {
-            Datastore::Static(s) => s.run(me, peers, own, health).await,
+            Datastore::Static(s) => {
+                let me = me.borrow().clone();
+                s.run(me, peers, own, health).await
+            }
             Datastore::Etcd(s) => s.run(me, peers, own, health).await,
             Datastore::Kubernetes(s) => s.run(me, peers, own, health).await,
         }
