@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
 use weft_firewall::{DriverKind, Firewall, IptablesVariant, Policy};
-use weft_netops::netlink::format_mac;
+use weft_netops::netlink::{format_mac, monitor};
 use weft_netops::Netlink;
 
 /// Everything `weftd status` and /status show.
@@ -252,6 +252,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         pod_cidrs: Mutex::new(reg.pod_cidrs.clone()),
         identity: watch::Sender::new(me.clone()),
         own_lost: Mutex::new(None),
+        watched: Mutex::new(WatchedLinks::default()),
         programmed: Mutex::new(None),
         pod_mtu,
         firewall,
@@ -289,11 +290,24 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     let datastore_task =
         tokio::spawn(async move { store.run(identity, peers_tx, own_tx, health).await });
 
+    let mut link_events = watch_links();
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = Box::pin(shutdown_signal());
     loop {
         let full = tokio::select! {
+            // The underlay re-addressed or gone, the bridge or VTEP deleted: converge now,
+            // not at the next resync.
+            Some(change) = link_events.recv() => {
+                if !node.is_affected_by(change) {
+                    continue;
+                }
+                // Changes come in bursts (an address removed, then another added).
+                tokio::time::sleep(LINK_EVENT_SETTLE).await;
+                while link_events.try_recv().is_ok() {}
+                tracing::info!(?change, "link change: converging");
+                true
+            }
             changed = peers_rx.changed() => {
                 if changed.is_err() {
                     return Err(match datastore_task.await {
@@ -370,6 +384,37 @@ async fn health_echo(addr: std::net::SocketAddr, node: String) {
     }
 }
 
+/// How long to let a burst of link notifications settle before converging.
+const LINK_EVENT_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Kernel notifications about links and addresses in weftd's network namespace, read on a
+/// thread of their own (the socket read blocks). Without a monitor (it could not be opened),
+/// the resync interval alone notices such changes.
+fn watch_links() -> tokio::sync::mpsc::UnboundedReceiver<monitor::Change> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    match monitor::Monitor::new() {
+        Ok(mut mon) => {
+            std::thread::spawn(move || loop {
+                match mon.wait() {
+                    Ok(changes) => {
+                        for c in changes {
+                            if tx.send(c).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "link monitor stopped; relying on the resync");
+                        return;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "no link monitor; relying on the resync"),
+    }
+    rx
+}
+
 /// The health echo on each pod gateway (`weftd check --peers` on other nodes probes it).
 fn start_health_echoes(cfg: &RunConfig, pod_cidrs: &[IpNet]) -> Vec<tokio::task::JoinHandle<()>> {
     if cfg.health_port == 0 {
@@ -397,6 +442,8 @@ struct NodeSetup {
     identity: watch::Sender<LocalIdentity>,
     /// Why this node is not registered any more (own Node deleted, lease lost), if so.
     own_lost: Mutex<Option<String>>,
+    /// The links whose change means converging now: the underlay, the bridge, the VTEP.
+    watched: Mutex<WatchedLinks>,
     /// What the last reconcile left programmed for the peers; `None` until the first full
     /// read of the kernel (and after a failed one).
     programmed: Mutex<Option<reconcile::Dataplane>>,
@@ -405,7 +452,30 @@ struct NodeSetup {
     policy: Policy,
 }
 
+/// Indexes of the links weftd depends on, as last seen.
+#[derive(Debug, Default, Clone, Copy)]
+struct WatchedLinks {
+    underlay: Option<u32>,
+    bridge: Option<u32>,
+    vtep: Option<u32>,
+}
+
 impl NodeSetup {
+    /// Whether a kernel notification concerns what weftd set up or depends on. Pod veths come
+    /// and go all the time and the bridge changes as they do: those are not.
+    fn is_affected_by(&self, change: monitor::Change) -> bool {
+        let w = *self.watched.lock().unwrap();
+        match change {
+            monitor::Change::Overrun => true,
+            monitor::Change::Link { index } | monitor::Change::Address { index } => {
+                w.underlay == Some(index)
+            }
+            monitor::Change::LinkDeleted { index } => {
+                [w.underlay, w.bridge, w.vtep].contains(&Some(index))
+            }
+        }
+    }
+
     fn pod_cidrs(&self) -> Vec<IpNet> {
         self.pod_cidrs.lock().unwrap().clone()
     }
@@ -462,21 +532,34 @@ impl NodeSetup {
             }
             Err(e) => problems.push(format!("underlay: {e}")),
         }
-        if let Err(e) = self.ensure_vtep(&mut nl) {
-            problems.push(format!("vtep: {e}"));
-        }
+        let vtep = match self.ensure_vtep(&mut nl) {
+            Ok(index) => index,
+            Err(e) => {
+                problems.push(format!("vtep: {e}"));
+                None
+            }
+        };
         // The pod bridge with its gateway addresses, before any pod: the node's pod gateway
         // answers health probes from peers from the start.
         let pod_cidrs = self.pod_cidrs();
         let gateways = desired::bridge_addresses(&pod_cidrs);
-        match weft_netops::bridge::ensure(&mut nl, &cfg.bridge, &gateways) {
+        let bridge = match weft_netops::bridge::ensure(&mut nl, &cfg.bridge, &gateways) {
             Ok(bridge) => {
                 if let Err(e) = remove_stale_addresses(&mut nl, bridge.index, &gateways) {
                     problems.push(format!("bridge {}: {e}", cfg.bridge));
                 }
+                Some(bridge.index)
             }
-            Err(e) => problems.push(format!("bridge {}: {e}", cfg.bridge)),
-        }
+            Err(e) => {
+                problems.push(format!("bridge {}: {e}", cfg.bridge));
+                None
+            }
+        };
+        *self.watched.lock().unwrap() = WatchedLinks {
+            underlay: Some(self.underlay.lock().unwrap().ifindex),
+            bridge,
+            vtep,
+        };
         let fw_status = self.firewall.as_ref().map(|fw| {
             let mut st = fw.status(&self.policy);
             if !st.as_ref().map(|s| s.in_place).unwrap_or(false) {

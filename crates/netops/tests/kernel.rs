@@ -555,3 +555,22 @@ fn batch_of_routes() {
         0
     );
 }
+
+#[test]
+fn monitor_reports_addresses_and_deleted_links() {
+    use weft_netops::netlink::monitor::{Change, Monitor};
+    let t = TestNs::new();
+    let mut nl = t.netlink();
+    let mut mon = Monitor::in_netns(&t.ns).unwrap();
+    let br = nl.create_bridge("wbr2", None, None).unwrap();
+    nl.add_address(br, net("10.9.0.1/24"), true).unwrap();
+    nl.delete_link(br).unwrap();
+    // Collect until the deletion is seen (the notifications come in order).
+    let mut seen = Vec::new();
+    while !seen.contains(&Change::LinkDeleted { index: br }) {
+        seen.extend(mon.wait().unwrap());
+        assert!(seen.len() < 100, "no deletion among {seen:?}");
+    }
+    assert!(seen.contains(&Change::Link { index: br }), "{seen:?}");
+    assert!(seen.contains(&Change::Address { index: br }), "{seen:?}");
+}

@@ -34,6 +34,8 @@ use crate::error::{Error, Result};
 use crate::netns::{run_in, NetNs};
 
 pub use request::Request;
+
+pub mod monitor;
 pub use types::*;
 
 /// Requests sent back to back before reading their acks in `batch`.
@@ -907,14 +909,14 @@ fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32, out: &mut Vec<u8>) {
 }
 
 /// The header fields we route on, read without decoding the payload.
-struct RawHeader {
+pub(crate) struct RawHeader {
     ty: u16,
     flags: u16,
     seq: u32,
 }
 
 /// Split a datagram into its netlink messages.
-fn split_datagram<'a>(
+pub(crate) fn split_datagram<'a>(
     data: &'a [u8],
     op: &dyn Fn() -> String,
 ) -> Result<Vec<(RawHeader, &'a [u8])>> {
