@@ -27,6 +27,9 @@ use weft_netops::netns::NetNs;
 pub enum DatastoreKind {
     Etcd,
     Static,
+    /// A real Kubernetes: control plane, kubelets with containerd, weft by its DaemonSet
+    /// (see [`crate::kube::lab`]).
+    Kubernetes,
     /// No agents at all: the topology only (pods need a hand-written conflist).
     None,
 }
@@ -37,6 +40,7 @@ impl DatastoreKind {
             DatastoreKind::Etcd => "etcd",
             DatastoreKind::Static => "static",
             DatastoreKind::None => "none",
+            DatastoreKind::Kubernetes => "kubernetes",
         }
     }
 }
@@ -48,7 +52,10 @@ impl std::str::FromStr for DatastoreKind {
             "etcd" => Ok(DatastoreKind::Etcd),
             "static" => Ok(DatastoreKind::Static),
             "none" => Ok(DatastoreKind::None),
-            _ => Err(format!("unknown datastore {s:?} (etcd, static, none)")),
+            "kubernetes" | "kube" => Ok(DatastoreKind::Kubernetes),
+            _ => Err(format!(
+                "unknown datastore {s:?} (etcd, static, kubernetes, none)"
+            )),
         }
     }
 }
@@ -156,6 +163,8 @@ pub struct Cluster {
     pub(crate) pods: Vec<Pod>,
     pub(crate) procs: Vec<Proc>,
     pub(crate) kept: bool,
+    /// `--datastore kubernetes`: control plane, kubelets (dropped before everything else).
+    pub(crate) kube: Option<crate::kube::lab::KubeLab>,
 }
 
 /// What remains of a lab kept with [`Cluster::keep`].
@@ -235,6 +244,7 @@ impl Cluster {
         let static_file = self.static_file_path();
         match self.config.datastore {
             DatastoreKind::None => return Ok(()),
+            DatastoreKind::Kubernetes => return self.start_kube(),
             DatastoreKind::Etcd => {
                 self.start_etcd()?;
                 self.init_etcd(&weftd, &etcd_url)?;
@@ -287,7 +297,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn weftd_path(&self) -> Result<PathBuf, LabError> {
+    pub(crate) fn weftd_path(&self) -> Result<PathBuf, LabError> {
         let weftd = match &self.config.bin_dir {
             Some(d) => d.join("weftd"),
             None => find_bin_dir(&["weft", "weftd"])?.join("weftd"),
@@ -534,6 +544,9 @@ fn agent_what(node: &str) -> String {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.kept {
+            if let Some(k) = &mut self.kube {
+                k.keep();
+            }
             for p in &mut self.procs {
                 p.keep();
             }
@@ -546,6 +559,8 @@ impl Drop for Cluster {
             return;
         }
         // Daemons first (in parallel: each may take its grace period), then the namespaces.
+        // Kubernetes first: kubelets and their containers, then the control plane.
+        drop(self.kube.take());
         let procs = std::mem::take(&mut self.procs);
         std::thread::scope(|s| {
             for p in procs {

@@ -252,6 +252,7 @@ impl Cluster {
             pods: Vec::new(),
             procs: Vec::new(),
             kept: false,
+            kube: None,
         })
     }
 }

@@ -8,6 +8,7 @@
 use serde_json::{json, Value};
 use std::time::Duration;
 use weft_lab::cluster::ETCD_IP;
+use weft_lab::kube::node::host_sysctls;
 use weft_lab::kube::{ControlPlane, ControlPlaneSpec};
 use weft_lab::ns::enter_command;
 use weft_lab::{registry, Cluster, DatastoreKind, LabConfig};
@@ -93,6 +94,88 @@ fn control_plane_serves_tls_on_the_underlay_and_nodeipam_assigns_pod_cidrs() {
 
     drop(cp);
     drop(c);
+    assert!(registry::netns_of(&id).is_empty(), "netns left");
+    assert!(!dir.exists(), "{} left", dir.display());
+}
+
+fn kube(nodes: usize, far_node: bool) -> LabConfig {
+    LabConfig {
+        nodes,
+        far_node,
+        datastore: DatastoreKind::Kubernetes,
+        ready_timeout: Duration::from_secs(90),
+        ..LabConfig::default()
+    }
+}
+
+/// The standard paths a kube node gets its own copy of, as they are on this machine.
+fn host_paths() -> Vec<(String, bool)> {
+    weft_lab::kube::node::NODE_DIRS
+        .iter()
+        .map(|(p, _)| (p.to_string(), std::path::Path::new(p).exists()))
+        .collect()
+}
+
+#[test]
+fn kubelets_register_from_their_own_mount_namespaces_and_leave_the_machine_as_it_was() {
+    let sysctls_before = host_sysctls();
+    let paths_before = host_paths();
+    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
+    let (id, dir) = (c.id.clone(), c.dir.clone());
+    c.start_kube_nodes().unwrap_or_else(|e| panic!("{e}"));
+    let cp = c.control_plane().unwrap();
+    let mut cidrs = Vec::new();
+    for n in ["n1", "n2"] {
+        let node = cp.get_json(&["node", n]).unwrap();
+        // Registered by its kubelet (not by hand): the kubelet's own labels and address.
+        assert_eq!(node["metadata"]["labels"]["kubernetes.io/hostname"], n);
+        let ip = c.node(n).unwrap().underlay_ip.to_string();
+        assert!(
+            node["status"]["addresses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["type"] == "InternalIP" && a["address"] == ip.as_str()),
+            "{n}: {}",
+            node["status"]["addresses"]
+        );
+        let cidr: ipnet::Ipv4Net = node["spec"]["podCIDR"].as_str().unwrap().parse().unwrap();
+        assert!(c.config.network.contains(&cidr));
+        cidrs.push(cidr);
+    }
+    assert_ne!(cidrs[0], cidrs[1]);
+    // kubelet set its sysctls: on the node's bound files, not on the machine.
+    let kn = c.kube().unwrap().node("n1").unwrap();
+    let overcommit = kn.spec.dir.join("root/sysctl/vm.overcommit_memory");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&overcommit).unwrap().trim() != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubelet did not write vm.overcommit_memory on its node file"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        host_sysctls(),
+        sysctls_before,
+        "the machine's sysctls changed"
+    );
+    assert_eq!(
+        host_paths(),
+        paths_before,
+        "standard paths appeared on the machine"
+    );
+    // kubelet's own dirs live in the node's dir.
+    assert!(kn.spec.dir.join("root/var-lib-kubelet/pods").is_dir());
+    let mntns = kn.mntns;
+    drop(c);
+    assert_eq!(host_sysctls(), sysctls_before);
+    assert_eq!(host_paths(), paths_before);
+    assert_eq!(
+        registry::kill_mntns(mntns),
+        0,
+        "processes left in the node's mount ns"
+    );
     assert!(registry::netns_of(&id).is_empty(), "netns left");
     assert!(!dir.exists(), "{} left", dir.display());
 }

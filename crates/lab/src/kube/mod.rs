@@ -7,6 +7,9 @@
 
 pub mod certs;
 pub mod control_plane;
+pub mod image;
+pub mod lab;
+pub mod node;
 
 pub use control_plane::{ControlPlane, ControlPlaneSpec};
 

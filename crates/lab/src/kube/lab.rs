@@ -1,0 +1,284 @@
+//! `--datastore kubernetes`: the lab's nodes become a real Kubernetes cluster. The control
+//! plane runs in the underlay netns at 192.168.77.250:6443, every node runs containerd and
+//! kubelet (see [`super::node`]) and registers itself, nodeipam gives each a /24 of the lab's
+//! cluster network, and weft is installed the way users install it: its image (built offline
+//! from the workspace's binaries) imported into every node's containerd and
+//! `deploy/weft.yaml` applied with kubectl, with only the ConfigMap's `WEFT_CLUSTER_CIDRS` set
+//! to the lab's network (as the manifest tells users to).
+
+use super::control_plane::{ControlPlane, ControlPlaneSpec};
+use super::image;
+use super::node::{KubeNode, KubeNodeSpec};
+use crate::cluster::{Cluster, ETCD_IP};
+use crate::error::{io_err, LabError};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// deploy/weft.yaml, as shipped.
+pub const MANIFEST: &str = include_str!("../../../../deploy/weft.yaml");
+
+/// The kube parts of a lab.
+pub struct KubeLab {
+    pub cp: ControlPlane,
+    pub nodes: Vec<KubeNode>,
+    /// The weft image's reference (deploy/weft.yaml's `image:`).
+    pub weft_image: String,
+}
+
+impl KubeLab {
+    pub fn node(&self, name: &str) -> Option<&KubeNode> {
+        self.nodes.iter().find(|n| n.spec.name == name)
+    }
+
+    /// Keeps every process after drop (a kept lab).
+    pub fn keep(&mut self) {
+        self.cp.keep();
+        self.nodes.iter_mut().for_each(KubeNode::keep);
+    }
+}
+
+impl Drop for KubeLab {
+    fn drop(&mut self) {
+        // Nodes first (in parallel: each stops kubelet, then sweeps its mount namespace).
+        let nodes = std::mem::take(&mut self.nodes);
+        std::thread::scope(|s| {
+            for n in nodes {
+                s.spawn(move || drop(n));
+            }
+        });
+    }
+}
+
+/// The `image:` of deploy/weft.yaml (every container uses the same one).
+pub fn manifest_image() -> Result<String, LabError> {
+    MANIFEST
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("image: "))
+        .map(|s| s.trim().to_string())
+        .ok_or_else(|| LabError::Setup("deploy/weft.yaml names no image".into()))
+}
+
+/// deploy/weft.yaml with the ConfigMap's WEFT_CLUSTER_CIDRS set to `cidrs`; nothing else
+/// changes.
+pub fn patched_manifest(cidrs: &str) -> Result<String, LabError> {
+    let mut found = 0;
+    let out: Vec<String> = MANIFEST
+        .lines()
+        .map(|l| {
+            if let Some(key_at) = l.find("WEFT_CLUSTER_CIDRS: ") {
+                if !l.trim_start().starts_with('#') {
+                    found += 1;
+                    return format!("{}WEFT_CLUSTER_CIDRS: \"{cidrs}\"", &l[..key_at]);
+                }
+            }
+            l.to_string()
+        })
+        .collect();
+    if found != 1 {
+        return Err(LabError::Setup(format!(
+            "deploy/weft.yaml: expected one WEFT_CLUSTER_CIDRS setting, found {found}"
+        )));
+    }
+    Ok(out.join("\n") + "\n")
+}
+
+impl Cluster {
+    /// The kube parts (only with `--datastore kubernetes`, after [`Cluster::start_agents`]).
+    pub fn kube(&self) -> Option<&KubeLab> {
+        self.kube.as_ref()
+    }
+
+    pub fn kube_mut(&mut self) -> Option<&mut KubeLab> {
+        self.kube.as_mut()
+    }
+
+    /// The control plane (Err without `--datastore kubernetes`).
+    pub fn control_plane(&self) -> Result<&ControlPlane, LabError> {
+        self.kube
+            .as_ref()
+            .map(|k| &k.cp)
+            .ok_or_else(|| LabError::Setup("this lab runs no Kubernetes".into()))
+    }
+
+    /// kubectl (admin) against the lab's apiserver.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, LabError> {
+        self.control_plane()?.kubectl(args).map_err(LabError::Setup)
+    }
+
+    /// Starts the control plane, then containerd + kubelet on every node (they register
+    /// themselves), and waits until every Node has a pod CIDR.
+    pub fn start_kube_nodes(&mut self) -> Result<(), LabError> {
+        let assets = super::assets_dir()?;
+        let kdir = self.dir.join("kube");
+        let mut spec = ControlPlaneSpec::new(
+            kdir.clone(),
+            self.underlay.path(),
+            ETCD_IP,
+            self.config.network,
+        )?;
+        spec.node_cidr_mask = self.config.subnet_len;
+        spec.assets = assets;
+        spec.record_in = Some(self.dir.clone());
+        spec.detached = self.config.keep;
+        spec.timeout = self.config.ready_timeout;
+        let cp = ControlPlane::start(spec)?;
+        let weft_image = manifest_image()?;
+        let images_dir = self.dir.join("images");
+        let busybox = image::busybox_image(&images_dir.join("busybox"))?;
+        let weftd_dir = self
+            .weftd_path()?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let weft = image::weft_image(&images_dir.join("weft"), &weft_image, &weftd_dir)?;
+        self.kube = Some(KubeLab {
+            cp,
+            nodes: Vec::new(),
+            weft_image,
+        });
+        let specs: Vec<KubeNodeSpec> = self
+            .nodes
+            .iter()
+            .map(|n| KubeNodeSpec {
+                name: n.name.clone(),
+                netns_path: n.netns.path(),
+                node_ip: n.underlay_ip,
+                dir: n.dir.join("kube"),
+                images: vec![busybox.clone(), weft.clone()],
+                sandbox_image: image::BUSYBOX_IMAGE.into(),
+                record_in: Some(self.dir.clone()),
+                detached: self.config.keep,
+            })
+            .collect();
+        for spec in specs {
+            let kube = self.kube.as_mut().unwrap();
+            let node = KubeNode::start(spec, &kube.cp)?;
+            kube.nodes.push(node);
+        }
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        let timeout = self.config.ready_timeout;
+        let kube = self.kube.as_mut().unwrap();
+        for name in &names {
+            kube.cp
+                .wait_for(
+                    &format!("Node {name} registered with a pod CIDR"),
+                    timeout,
+                    |cp| {
+                        let n = cp.get_json(&["node", name])?;
+                        n["spec"]["podCIDR"]
+                            .as_str()
+                            .map(|_| ())
+                            .ok_or_else(|| format!("Node {name} has no spec.podCIDR yet"))
+                    },
+                )
+                .map_err(|e| node_err(kube, name, e))?;
+        }
+        Ok(())
+    }
+
+    /// `kubectl apply` of deploy/weft.yaml (WEFT_CLUSTER_CIDRS = the lab's network), then
+    /// waits until the DaemonSet's pod is Ready on every node.
+    pub fn deploy_weft(&mut self) -> Result<(), LabError> {
+        let manifest = patched_manifest(&self.config.network.to_string())?;
+        let path = self.dir.join("weft.yaml");
+        std::fs::write(&path, &manifest).map_err(io_err("write", &path))?;
+        let want = self.nodes.len();
+        let timeout = self.config.ready_timeout.max(Duration::from_secs(120));
+        let kube = self
+            .kube
+            .as_mut()
+            .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
+        kube.cp
+            .kubectl(&["apply", "-f", &path.display().to_string()])
+            .map_err(LabError::Setup)?;
+        kube.cp
+            .wait_for("weft DaemonSet Ready on every node", timeout, |cp| {
+                let ds = cp.get_json(&["daemonset", "weft", "-n", "weft"])?;
+                let ready = ds["status"]["numberReady"].as_u64().unwrap_or(0) as usize;
+                if ready == want {
+                    Ok(())
+                } else {
+                    let pods = cp
+                        .kubectl(&["get", "pods", "-n", "weft", "-o", "wide"])
+                        .unwrap_or_default();
+                    Err(format!("{ready} of {want} weft pods ready\n{pods}"))
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Waits until every Node is Ready (the CNI config is in place).
+    pub fn wait_nodes_ready(&mut self) -> Result<(), LabError> {
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        let timeout = self.config.ready_timeout;
+        let kube = self
+            .kube
+            .as_mut()
+            .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
+        for name in &names {
+            kube.cp
+                .wait_for(&format!("Node {name} Ready"), timeout, |cp| {
+                    let n = cp.get_json(&["node", name])?;
+                    let ready = n["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|c| c["type"] == "Ready");
+                    match ready {
+                        Some(c) if c["status"] == "True" => Ok(()),
+                        Some(c) => Err(format!("Ready={}: {}", c["status"], c["message"])),
+                        None => Err("no Ready condition".into()),
+                    }
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The whole kube set-up: control plane, nodes, weft by its DaemonSet, Nodes Ready.
+    pub fn start_kube(&mut self) -> Result<(), LabError> {
+        let t0 = Instant::now();
+        self.start_kube_nodes()?;
+        eprintln!(
+            "weft-lab: control plane and {} kubelets up in {:.1?}",
+            self.nodes.len(),
+            t0.elapsed()
+        );
+        self.deploy_weft()?;
+        self.wait_nodes_ready()?;
+        eprintln!(
+            "weft-lab: weft DaemonSet ready on every node after {:.1?}",
+            t0.elapsed()
+        );
+        Ok(())
+    }
+}
+
+fn node_err(kube: &mut KubeLab, name: &str, e: LabError) -> LabError {
+    let Some(n) = kube.nodes.iter_mut().find(|n| n.spec.name == name) else {
+        return e;
+    };
+    let mut detail = e.to_string();
+    if let Some(k) = &mut n.kubelet {
+        if let Some(status) = k.exited() {
+            detail.push_str(&format!("\nkubelet exited with {status}"));
+        }
+        detail.push_str(&format!(
+            "\n--- last lines of {} ---\n{}",
+            k.log.display(),
+            k.log_tail()
+        ));
+    }
+    detail.push_str(&format!(
+        "\n--- last lines of {} ---\n{}",
+        n.containerd.log.display(),
+        n.containerd.log_tail()
+    ));
+    LabError::Setup(detail)
+}
+
+/// A pod's JSON (status.podIP, spec.nodeName, ...).
+pub fn pod_json(cp: &ControlPlane, namespace: &str, name: &str) -> Result<Value, LabError> {
+    cp.get_json(&["pod", "-n", namespace, name])
+        .map_err(LabError::Setup)
+}
