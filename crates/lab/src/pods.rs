@@ -28,6 +28,9 @@ pub struct Pod {
     /// The runtimeConfig capabilities given at ADD (e.g. portMappings): a runtime passes them
     /// again on DEL, or portmap cannot find its rules.
     pub capability_args: Map<String, Value>,
+    /// A Kubernetes Pod (created with kubectl, networked by containerd through weft) in this
+    /// namespace; None for the lab's own CNI pods.
+    pub kube_namespace: Option<String>,
 }
 
 impl Pod {
@@ -114,6 +117,7 @@ impl Cluster {
             result,
             conflist: list.clone(),
             capability_args: att.capability_args.clone(),
+            kube_namespace: None,
         };
         self.pods.push(pod.clone());
         Ok(pod)
@@ -127,6 +131,9 @@ impl Cluster {
             .position(|p| p.name == name)
             .ok_or_else(|| LabError::Setup(format!("no pod {name}")))?;
         let pod = self.pods.remove(i);
+        if let Some(ns) = &pod.kube_namespace {
+            return self.delete_kube_pod(ns, &pod.name);
+        }
         let node = self.node_or_err(&pod.node)?;
         let runner = PluginRunner::new(&self.bin_dir, node.ns());
         let mut att =

@@ -179,3 +179,120 @@ fn kubelets_register_from_their_own_mount_namespaces_and_leave_the_machine_as_it
     assert!(registry::netns_of(&id).is_empty(), "netns left");
     assert!(!dir.exists(), "{} left", dir.display());
 }
+
+/// Files under `dir` named like an IP address: weft's IPAM reservations.
+fn reservations(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.path().is_dir() {
+            out.extend(reservations(&e.path()));
+        } else if name.parse::<std::net::IpAddr>().is_ok() {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The weft host veths on a node (by weft's alias prefix).
+fn weft_veths(ns: &weft_netops::netns::NetNs) -> Vec<String> {
+    weft_netops::Netlink::in_netns(ns)
+        .unwrap()
+        .list_links()
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with("weft:")))
+        .map(|l| l.name)
+        .collect()
+}
+
+#[test]
+fn weft_by_its_daemonset_networks_kubectl_pods_across_nodes_and_releases_them() {
+    let t0 = std::time::Instant::now();
+    let sysctls_before = host_sysctls();
+    let mut c = Cluster::build(kube(2, true)).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("cluster with weft ready after {:.1?}", t0.elapsed());
+    let cp = c.control_plane().unwrap();
+    // One weft pod per node, Ready, with the manifest's ServiceAccount.
+    let ds_pods = cp.get_json(&["pods", "-n", "weft"]).unwrap();
+    let items = ds_pods["items"].as_array().unwrap();
+    let mut on: Vec<&str> = items
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap())
+        .collect();
+    on.sort();
+    assert_eq!(on, ["n1", "n2", "n3"]);
+    for p in items {
+        assert_eq!(p["spec"]["serviceAccountName"], "weft");
+        assert_eq!(
+            p["status"]["containerStatuses"][0]["ready"], true,
+            "{}",
+            p["metadata"]["name"]
+        );
+    }
+    // The plugin was installed by the init container into each node's own /opt/cni/bin.
+    let kn1 = c.kube().unwrap().node("n1").unwrap();
+    assert!(kn1.host_path("/opt/cni/bin/weft").unwrap().is_file());
+    assert!(kn1
+        .host_path("/etc/cni/net.d/10-weft.conflist")
+        .unwrap()
+        .is_file());
+
+    // Pods made with kubectl on every node: the whole matrix (host-gw between n1 and n2,
+    // VXLAN to the far node n3, nodes, the world).
+    for n in ["n1", "n2", "n3"] {
+        for i in 1..=2 {
+            c.add_kube_pod(n, &format!("{n}-p{i}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    eprintln!("6 pods running after {:.1?}", t0.elapsed());
+    let rows = c.connectivity_matrix().unwrap();
+    eprintln!("{}", weft_lab::matrix::table(&rows));
+    let failures = weft_lab::matrix::failures(&rows);
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(rows
+        .iter()
+        .any(|r| r.kind == weft_lab::matrix::Kind::PodPodAcrossSubnets && r.ok));
+
+    // kubectl delete pod: CNI DEL through containerd releases the IP and the host veth.
+    let pod = c.pod("n1-p1").unwrap().clone();
+    let ip = pod.ipv4().unwrap().to_string();
+    let kn1 = c.kube().unwrap().node("n1").unwrap();
+    let ipam = kn1.host_path("/var/lib/cni/weft").unwrap();
+    assert!(
+        reservations(&ipam).contains(&ip),
+        "{ip} not reserved in {}",
+        ipam.display()
+    );
+    let veths_before = weft_veths(c.node("n1").unwrap().ns());
+    c.remove_pod("n1-p1").unwrap_or_else(|e| panic!("{e}"));
+    let kn1 = c.kube().unwrap().node("n1").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = reservations(&ipam).contains(&ip);
+        let veths = weft_veths(c.node("n1").unwrap().ns());
+        if !held && veths.len() + 1 == veths_before.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after kubectl delete: {ip} reserved: {held}; weft veths {veths:?}, before {veths_before:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = kn1;
+    assert_eq!(
+        host_sysctls(),
+        sysctls_before,
+        "the machine's sysctls changed"
+    );
+    let t_drop = std::time::Instant::now();
+    drop(c);
+    eprintln!(
+        "teardown {:.1?}; total {:.1?}",
+        t_drop.elapsed(),
+        t0.elapsed()
+    );
+}

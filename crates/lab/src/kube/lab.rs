@@ -9,10 +9,14 @@
 use super::control_plane::{ControlPlane, ControlPlaneSpec};
 use super::image;
 use super::node::{KubeNode, KubeNodeSpec};
-use crate::cluster::{Cluster, ETCD_IP};
+use crate::cluster::{Cluster, Pod, ETCD_IP};
+use crate::conflist::ConfList;
 use crate::error::{io_err, LabError};
-use serde_json::Value;
+use crate::ns::Netns;
+use serde_json::{json, Map, Value};
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// deploy/weft.yaml, as shipped.
@@ -153,7 +157,8 @@ impl Cluster {
             .collect();
         for spec in specs {
             let kube = self.kube.as_mut().unwrap();
-            let node = KubeNode::start(spec, &kube.cp)?;
+            let mut node = KubeNode::start(spec, &kube.cp)?;
+            node.start_kube_proxy(&kube.cp, &self.config.network.to_string())?;
             kube.nodes.push(node);
         }
         let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
@@ -281,4 +286,174 @@ fn node_err(kube: &mut KubeLab, name: &str, e: LabError) -> LabError {
 pub fn pod_json(cp: &ControlPlane, namespace: &str, name: &str) -> Result<Value, LabError> {
     cp.get_json(&["pod", "-n", namespace, name])
         .map_err(LabError::Setup)
+}
+
+/// The command of the lab's workload pods: busybox waiting for SIGTERM.
+const WAIT: &str = "trap 'exit 0' TERM INT; while :; do sleep 1; done";
+
+impl Cluster {
+    /// Creates a Pod with kubectl on `node` (busybox, its network from weft through
+    /// containerd), waits until it runs, and names its netns `<id>-k-<name>` for probes. It
+    /// joins [`Cluster::pods`], so the connectivity matrix covers it.
+    pub fn add_kube_pod(&mut self, node: &str, name: &str) -> Result<Pod, LabError> {
+        if name.is_empty()
+            || name.len() > 40
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(LabError::Setup(format!(
+                "bad pod name {name:?} (a-z, 0-9, -)"
+            )));
+        }
+        self.node_or_err(node)?;
+        let doc = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": name, "namespace": "default", "labels": { "app": "weft-lab" } },
+            "spec": {
+                "nodeName": node,
+                "terminationGracePeriodSeconds": 2,
+                "automountServiceAccountToken": false,
+                "containers": [{
+                    "name": "main",
+                    "image": image::BUSYBOX_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", WAIT],
+                }],
+            },
+        });
+        let timeout = self.config.ready_timeout;
+        let id = self.id.clone();
+        let kube = self
+            .kube
+            .as_mut()
+            .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
+        kube.cp
+            .kubectl_stdin(&["create", "-f", "-"], Some(doc.to_string().as_bytes()))
+            .map_err(LabError::Setup)?;
+        let (ips, container) = kube
+            .cp
+            .wait_for(&format!("pod {name} running"), timeout, |cp| {
+                let p = cp.get_json(&["pod", "-n", "default", name])?;
+                let st = &p["status"];
+                let cs = &st["containerStatuses"][0];
+                let cid = cs["containerID"].as_str().unwrap_or_default();
+                if st["phase"] != "Running" || cid.is_empty() {
+                    return Err(format!(
+                        "phase {}, conditions {}, container {}",
+                        st["phase"], st["conditions"], cs["state"]
+                    ));
+                }
+                let ips: Vec<IpAddr> = st["podIPs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["ip"].as_str()?.parse().ok())
+                    .collect();
+                if ips.is_empty() {
+                    return Err("no podIPs".into());
+                }
+                let cid = cid.trim_start_matches("containerd://").to_string();
+                Ok((ips, cid))
+            })?;
+        let kn = kube
+            .node(node)
+            .ok_or_else(|| LabError::Setup(format!("no kubelet on {node}")))?;
+        let pid = task_pid(kn, &container)?;
+        let netns = {
+            let _g = crate::registry::create_guard().map_err(|_| LabError::Interrupted)?;
+            let ns_name = format!("{id}-k-{name}");
+            let src = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            Netns::bind_named(&ns_name, &src).map_err(io_err("name pod netns", &src))?
+        };
+        let pod = Pod {
+            name: name.into(),
+            node: node.into(),
+            netns: Arc::new(netns),
+            ips,
+            container_id: container,
+            result: Value::Null,
+            conflist: ConfList {
+                cni_version: String::new(),
+                name: String::new(),
+                disable_check: true,
+                plugins: Vec::new(),
+            },
+            capability_args: Map::new(),
+            kube_namespace: Some("default".into()),
+        };
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    /// `kubectl delete pod` and wait until it is gone (its sandbox stopped: CNI DEL done).
+    pub(crate) fn delete_kube_pod(&mut self, namespace: &str, name: &str) -> Result<(), LabError> {
+        let cp = self.control_plane()?;
+        cp.kubectl(&[
+            "delete",
+            "pod",
+            "-n",
+            namespace,
+            name,
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .map_err(LabError::Setup)?;
+        Ok(())
+    }
+
+    /// Runs `program args` of this machine inside pod `namespace/name`'s netns (the lab's named
+    /// netns for it, or its container's). Returns the exit status; output is inherited.
+    pub fn exec_in_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        program: &str,
+        args: &[String],
+    ) -> Result<std::process::ExitStatus, LabError> {
+        let kube = self
+            .kube
+            .as_ref()
+            .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
+        let p = kube
+            .cp
+            .get_json(&["pod", "-n", namespace, name])
+            .map_err(LabError::Setup)?;
+        let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+        let cid = p["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("containerd://");
+        let kn = kube
+            .node(node)
+            .ok_or_else(|| LabError::Setup(format!("pod {namespace}/{name} is on no lab node")))?;
+        let pid = task_pid(kn, cid)?;
+        let ns =
+            weft_netops::netns::NetNs::open(format!("/proc/{pid}/ns/net")).map_err(|source| {
+                LabError::Net {
+                    op: format!("open netns of {namespace}/{name}"),
+                    source,
+                }
+            })?;
+        crate::ns::enter_command(&ns, program)
+            .args(args)
+            .status()
+            .map_err(io_err("run", std::path::Path::new(program)))
+    }
+}
+
+/// The pid of container `id`'s task on node `kn` (`ctr task ls`).
+fn task_pid(kn: &KubeNode, id: &str) -> Result<u32, LabError> {
+    if id.is_empty() {
+        return Err(LabError::Setup("the pod has no container yet".into()));
+    }
+    let out = kn.ctr(&["tasks", "ls"])?;
+    out.lines()
+        .skip(1)
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == id).then(|| f.next()?.parse().ok())?
+        })
+        .ok_or_else(|| LabError::Setup(format!("no task {id} on {}: {out}", kn.spec.name)))
 }

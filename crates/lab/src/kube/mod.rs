@@ -26,6 +26,7 @@ pub const BINARIES: &[&str] = &[
     "kube-scheduler",
     "kubelet",
     "kubectl",
+    "kube-proxy",
 ];
 
 /// Where the Kubernetes binaries are: `$WEFT_KUBE_ASSETS` (as `scripts/kube-build.sh`

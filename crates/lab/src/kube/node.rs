@@ -235,6 +235,7 @@ pub struct KubeNode {
     pub mntns: u64,
     pub containerd: Proc,
     pub kubelet: Option<Proc>,
+    pub kube_proxy: Option<Proc>,
     ns: NetNs,
 }
 
@@ -246,6 +247,11 @@ impl KubeNode {
     /// containerd's socket as seen from the machine (the node sees /run/containerd/...).
     pub fn containerd_socket(&self) -> PathBuf {
         self.root().join("run-containerd/containerd.sock")
+    }
+
+    /// The node's netns.
+    pub fn ns(&self) -> &NetNs {
+        &self.ns
     }
 
     /// The node's view of a standard path (e.g. /etc/cni/net.d) from the machine.
@@ -269,6 +275,19 @@ impl KubeNode {
         })?;
         let root = spec.dir.join("root");
         let steps = mount_plan(&root)?;
+        // kubeadm's preflight requires forwarding; weftd is not privileged and cannot set it.
+        // A sysctl of the node's own netns.
+        weft_netops::netns::run_in(&ns, || {
+            weft_netops::sysctl::write("net/ipv4/ip_forward", "1")
+        })
+        .map_err(|source| LabError::Net {
+            op: format!("enter {}", spec.netns_path.display()),
+            source,
+        })?
+        .map_err(|source| LabError::Net {
+            op: "net.ipv4.ip_forward=1".into(),
+            source,
+        })?;
         // The node's /opt/cni/bin: the reference plugins (weft's comes from its DaemonSet).
         for p in REFERENCE_PLUGINS {
             let src = Path::new("/usr/lib/cni").join(p);
@@ -308,6 +327,7 @@ impl KubeNode {
             mntns,
             containerd,
             kubelet: None,
+            kube_proxy: None,
             ns,
         };
         for image in node.spec.images.clone() {
@@ -391,11 +411,7 @@ impl KubeNode {
         });
         std::fs::write(&config, serde_json::to_vec_pretty(&doc).unwrap())
             .map_err(io_err("write", &config))?;
-        let mnt_path = format!("/proc/{}/ns/mnt", self.containerd.pid());
-        let mnt = std::fs::File::open(&mnt_path).map_err(io_err("open", Path::new(&mnt_path)))?;
-        let mnt_fd = mnt.as_raw_fd();
-        let net_fd = self.ns.as_raw_fd();
-        let mut cmd = Command::new(cp.spec.assets.join("kubelet"));
+        let mut cmd = self.node_command(&cp.spec.assets.join("kubelet"))?;
         cmd.args([
             format!("--config={}", config.display()),
             format!("--kubeconfig={}", kubeconfig.display()),
@@ -406,11 +422,30 @@ impl KubeNode {
             format!("--pod-infra-container-image={}", self.spec.sandbox_image),
             "--v=1".into(),
         ]);
-        // SAFETY: setns and chdir are async-signal-safe; both fds stay open until spawn returns.
+        let mut opts = Spawn::new(format!("kubelet on {name}"))
+            .log(self.spec.dir.join("kubelet.log"))
+            .detached(self.spec.detached);
+        opts.record_in = self.spec.record_in.clone();
+        self.kubelet = Some(Proc::spawn(cmd, opts)?);
+        Ok(())
+    }
+
+    /// A command that runs in the node's netns and mount namespace (setns, like
+    /// `nsenter --net= --mount=`); the namespace fds stay open until `spawn` returns.
+    fn node_command(&self, program: &Path) -> Result<Command, LabError> {
+        let mnt_path = format!("/proc/{}/ns/mnt", self.containerd.pid());
+        let mnt = std::fs::File::open(&mnt_path).map_err(io_err("open", Path::new(&mnt_path)))?;
+        let net = NetNs::open(&self.spec.netns_path).map_err(|source| LabError::Net {
+            op: format!("open netns {}", self.spec.netns_path.display()),
+            source,
+        })?;
+        let mut cmd = Command::new(program);
+        // SAFETY: setns and chdir are async-signal-safe; the closure owns both fds, which stay
+        // open until the Command is dropped.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setns(net_fd, libc::CLONE_NEWNET) != 0
-                    || libc::setns(mnt_fd, libc::CLONE_NEWNS) != 0
+                if libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET) != 0
+                    || libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS) != 0
                     || libc::chdir(c"/".as_ptr()) != 0
                 {
                     return Err(std::io::Error::last_os_error());
@@ -418,13 +453,39 @@ impl KubeNode {
                 Ok(())
             });
         }
-        let mut opts = Spawn::new(format!("kubelet on {name}"))
-            .log(self.spec.dir.join("kubelet.log"))
+        Ok(cmd)
+    }
+
+    /// (Re)starts kube-proxy (iptables mode) in the node: the `kubernetes` Service's ClusterIP
+    /// is how in-cluster clients (weftd) reach the apiserver. Its conntrack flags are 0, so it
+    /// never writes the machine-wide conntrack settings.
+    pub fn start_kube_proxy(
+        &mut self,
+        cp: &ControlPlane,
+        cluster_cidr: &str,
+    ) -> Result<(), LabError> {
+        let name = self.spec.name.clone();
+        let (kubeconfig, _) =
+            cp.client_kubeconfig(&format!("kube-proxy-{name}"), "system:kube-proxy", &[])?;
+        let mut cmd = self.node_command(&cp.spec.assets.join("kube-proxy"))?;
+        cmd.args([
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--hostname-override={name}"),
+            format!("--cluster-cidr={cluster_cidr}"),
+            "--proxy-mode=iptables".into(),
+            "--conntrack-max-per-core=0".into(),
+            "--conntrack-min=0".into(),
+            "--conntrack-tcp-timeout-established=0".into(),
+            "--conntrack-tcp-timeout-close-wait=0".into(),
+            "--metrics-bind-address=127.0.0.1:10249".into(),
+            "--healthz-bind-address=127.0.0.1:10256".into(),
+            "--v=1".into(),
+        ]);
+        let mut opts = Spawn::new(format!("kube-proxy on {name}"))
+            .log(self.spec.dir.join("kube-proxy.log"))
             .detached(self.spec.detached);
         opts.record_in = self.spec.record_in.clone();
-        let p = Proc::spawn(cmd, opts)?;
-        drop(mnt);
-        self.kubelet = Some(p);
+        self.kube_proxy = Some(Proc::spawn(cmd, opts)?);
         Ok(())
     }
 
@@ -432,6 +493,9 @@ impl KubeNode {
     pub fn keep(&mut self) {
         self.containerd.keep();
         if let Some(k) = &mut self.kubelet {
+            k.keep();
+        }
+        if let Some(k) = &mut self.kube_proxy {
             k.keep();
         }
         self.spec.detached = true;
@@ -445,6 +509,9 @@ impl Drop for KubeNode {
         }
         if let Some(mut k) = self.kubelet.take() {
             k.stop(Duration::from_secs(3));
+        }
+        if let Some(mut k) = self.kube_proxy.take() {
+            k.stop(Duration::from_secs(1));
         }
         // Everything in its mount namespace (containerd, shims) and below (containers).
         crate::registry::kill_mntns(self.mntns);
