@@ -106,6 +106,22 @@ pub fn enter_command(ns: &NetNs, program: impl AsRef<std::ffi::OsStr>) -> Comman
     cmd
 }
 
+/// A command that will run inside `ns`, owning it (for a namespace opened just for this
+/// command: the fd lives as long as the Command).
+pub fn enter_command_owned(ns: NetNs, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    // SAFETY: setns is async-signal-safe; the closure owns the fd.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         if self.keep.load(Ordering::Relaxed) {

@@ -238,6 +238,46 @@ pub fn kill_mntns(inode: u64) -> usize {
     doomed.len()
 }
 
+/// Container ids a node's containerd ran (its task state dir, under the lab dir).
+pub fn container_ids(task_state_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(task_state_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 64 && n.chars().all(|c| c.is_ascii_hexdigit()))
+        .collect()
+}
+
+/// Removes the (empty, dead) cgroups runc made for these containers under `k8s.io` in every
+/// hierarchy: a container killed with its shim is never cleaned up by containerd. Only ids
+/// this lab's containerd ran; rmdir fails harmlessly on a cgroup still in use.
+pub fn remove_container_cgroups(ids: &[String]) {
+    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let hierarchies: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    for id in ids {
+        for h in &hierarchies {
+            let _ = std::fs::remove_dir(h.join("k8s.io").join(id));
+        }
+    }
+}
+
+/// Where a kube node's containerd keeps its task state, under a lab dir.
+pub fn kube_task_dirs(lab_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(lab_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            e.path()
+                .join("kube/root/run-containerd/io.containerd.runtime.v2.task/k8s.io")
+        })
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
 fn zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -279,6 +319,9 @@ pub fn down(id: &str) -> std::io::Result<()> {
         .filter_map(|l| l.trim().parse::<u64>().ok())
     {
         kill_mntns(inode);
+    }
+    for tasks in kube_task_dirs(&dir) {
+        remove_container_cgroups(&container_ids(&tasks));
     }
     let mut first_err = None;
     for name in netns_of(id) {

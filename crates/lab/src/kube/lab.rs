@@ -403,8 +403,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs `program args` of this machine inside pod `namespace/name`'s netns (the lab's named
-    /// netns for it, or its container's). Returns the exit status; output is inherited.
+    /// Runs `program args` of this machine inside pod `namespace/name`'s netns; see
+    /// [`exec_in_pod`].
     pub fn exec_in_pod(
         &self,
         namespace: &str,
@@ -412,48 +412,110 @@ impl Cluster {
         program: &str,
         args: &[String],
     ) -> Result<std::process::ExitStatus, LabError> {
-        let kube = self
-            .kube
-            .as_ref()
-            .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
-        let p = kube
-            .cp
-            .get_json(&["pod", "-n", namespace, name])
-            .map_err(LabError::Setup)?;
-        let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
-        let cid = p["status"]["containerStatuses"][0]["containerID"]
-            .as_str()
-            .unwrap_or_default()
-            .trim_start_matches("containerd://");
-        let kn = kube
-            .node(node)
-            .ok_or_else(|| LabError::Setup(format!("pod {namespace}/{name} is on no lab node")))?;
-        let pid = task_pid(kn, cid)?;
-        let ns =
-            weft_netops::netns::NetNs::open(format!("/proc/{pid}/ns/net")).map_err(|source| {
-                LabError::Net {
-                    op: format!("open netns of {namespace}/{name}"),
-                    source,
-                }
-            })?;
-        crate::ns::enter_command(&ns, program)
-            .args(args)
-            .status()
-            .map_err(io_err("run", std::path::Path::new(program)))
+        exec_in_pod(&self.id, namespace, name, program, args)
     }
+}
+
+/// kubectl (admin) for lab `id` (also one kept by another process): runs inside its underlay
+/// netns, where the apiserver is.
+pub fn lab_kubectl(id: &str) -> Result<std::process::Command, LabError> {
+    if !crate::registry::valid_id(id) {
+        return Err(LabError::Setup(format!("{id:?} is not a weft-lab id")));
+    }
+    let dir = crate::registry::lab_dir(id);
+    let kubeconfig = dir.join("kube/admin.kubeconfig");
+    if !kubeconfig.is_file() {
+        return Err(LabError::Setup(format!(
+            "lab {id} runs no Kubernetes (no {})",
+            kubeconfig.display()
+        )));
+    }
+    let ns_path = weft_netops::netns::named_path(&format!("{id}-ul"));
+    let ns = weft_netops::netns::NetNs::open(&ns_path).map_err(|source| LabError::Net {
+        op: format!("open netns {}", ns_path.display()),
+        source,
+    })?;
+    let mut cmd = crate::ns::enter_command_owned(ns, super::assets_dir()?.join("kubectl"));
+    cmd.arg("--kubeconfig").arg(kubeconfig);
+    Ok(cmd)
+}
+
+/// Runs `program args` of this machine inside the netns of pod `namespace/name` of lab `id`
+/// (found through kubectl, then its container's task on its node's containerd). Output is
+/// inherited; returns the exit status.
+pub fn exec_in_pod(
+    id: &str,
+    namespace: &str,
+    name: &str,
+    program: &str,
+    args: &[String],
+) -> Result<std::process::ExitStatus, LabError> {
+    let out = lab_kubectl(id)?
+        .args(["get", "pod", "-n", namespace, name, "-o", "json"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io_err("run kubectl", std::path::Path::new("kubectl")))?;
+    if !out.status.success() {
+        return Err(LabError::Setup(format!(
+            "kubectl get pod {namespace}/{name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let p: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| LabError::Setup(format!("pod {namespace}/{name}: {e}")))?;
+    let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+    if node.is_empty() || !node.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(LabError::Setup(format!(
+            "pod {namespace}/{name} is on no lab node ({node:?})"
+        )));
+    }
+    let cid = p["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("containerd://");
+    let sock = crate::registry::lab_dir(id)
+        .join(node)
+        .join("kube/root/run-containerd/containerd.sock");
+    let pid = task_pid_at(&sock, node, cid)?;
+    let ns = weft_netops::netns::NetNs::open(format!("/proc/{pid}/ns/net")).map_err(|source| {
+        LabError::Net {
+            op: format!("open netns of {namespace}/{name}"),
+            source,
+        }
+    })?;
+    crate::ns::enter_command(&ns, program)
+        .args(args)
+        .status()
+        .map_err(io_err("run", std::path::Path::new(program)))
 }
 
 /// The pid of container `id`'s task on node `kn` (`ctr task ls`).
 fn task_pid(kn: &KubeNode, id: &str) -> Result<u32, LabError> {
+    task_pid_at(&kn.containerd_socket(), &kn.spec.name, id)
+}
+
+fn task_pid_at(sock: &std::path::Path, node: &str, id: &str) -> Result<u32, LabError> {
     if id.is_empty() {
         return Err(LabError::Setup("the pod has no container yet".into()));
     }
-    let out = kn.ctr(&["tasks", "ls"])?;
-    out.lines()
+    let out = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(sock)
+        .args(["--namespace", "k8s.io", "tasks", "ls"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io_err("run ctr", std::path::Path::new("ctr")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
         .skip(1)
         .find_map(|l| {
             let mut f = l.split_whitespace();
             (f.next()? == id).then(|| f.next()?.parse().ok())?
         })
-        .ok_or_else(|| LabError::Setup(format!("no task {id} on {}: {out}", kn.spec.name)))
+        .ok_or_else(|| {
+            LabError::Setup(format!(
+                "no task {id} on {node}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })
 }

@@ -513,9 +513,15 @@ impl Drop for KubeNode {
         if let Some(mut k) = self.kube_proxy.take() {
             k.stop(Duration::from_secs(1));
         }
+        let ids = crate::registry::container_ids(
+            &self
+                .root()
+                .join("run-containerd/io.containerd.runtime.v2.task/k8s.io"),
+        );
         // Everything in its mount namespace (containerd, shims) and below (containers).
         crate::registry::kill_mntns(self.mntns);
         self.containerd.stop(Duration::from_secs(1));
+        crate::registry::remove_container_cgroups(&ids);
     }
 }
 
