@@ -296,3 +296,174 @@ fn weft_by_its_daemonset_networks_kubectl_pods_across_nodes_and_releases_them() 
         t0.elapsed()
     );
 }
+
+/// weftd's /status (or /readyz) on a node, through its loopback.
+fn agent_get(c: &Cluster, node: &str, path: &str) -> (u16, String) {
+    weft_lab::probe::http_get(
+        c.node(node).unwrap().ns(),
+        weft_lab::cluster::AGENT_LISTEN,
+        path,
+        Duration::from_secs(2),
+    )
+    .unwrap_or((0, String::new()))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<(), String>) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last = match f() {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not after {timeout:?}: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn kube_datastore_node_recreated_with_new_pod_cidr_and_rbac_removed() {
+    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    let cp = c.control_plane().unwrap();
+    let weft_pod_n2 = |cp: &ControlPlane| -> (String, u64) {
+        let pods = cp.get_json(&["pods", "-n", "weft"]).unwrap();
+        let p = pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["spec"]["nodeName"] == "n2")
+            .cloned()
+            .expect("a weft pod on n2");
+        let cs = &p["status"]["containerStatuses"][0];
+        (
+            cs["containerID"].as_str().unwrap_or_default().to_string(),
+            cs["restartCount"].as_u64().unwrap_or(0),
+        )
+    };
+    let weftd_before = weft_pod_n2(cp);
+
+    // Node n2 deleted and re-created (as an operator or a cloud controller would, with its
+    // labels and status): nodeipam gives it a different pod CIDR.
+    let mut node = cp.get_json(&["node", "n2"]).unwrap();
+    let old_cidr = node["spec"]["podCIDR"].as_str().unwrap().to_string();
+    let labels = node["metadata"]["labels"].clone();
+    node["metadata"] = json!({ "name": "n2", "labels": labels });
+    node["spec"] = json!({});
+    cp.kubectl(&["delete", "node", "n2", "--wait=true"])
+        .unwrap();
+    cp.kubectl_stdin(&["create", "-f", "-"], Some(node.to_string().as_bytes()))
+        .unwrap();
+    let mut new_cidr = String::new();
+    wait_until(
+        "re-created n2 gets a pod CIDR",
+        Duration::from_secs(60),
+        || {
+            let n = cp.get_json(&["node", "n2"])?;
+            new_cidr = n["spec"]["podCIDR"]
+                .as_str()
+                .ok_or("no podCIDR yet")?
+                .to_string();
+            Ok(())
+        },
+    );
+    assert_ne!(new_cidr, old_cidr, "nodeipam reused the old CIDR");
+    // weftd on n2 moves to it without a restart; n1's weftd routes it.
+    wait_until(
+        "weftd on n2 on the new CIDR",
+        Duration::from_secs(60),
+        || {
+            let (code, body) = agent_get(&c, "n2", "/status");
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let cidrs = v.to_string();
+            if code == 200 && cidrs.contains(&new_cidr) && !cidrs.contains(&old_cidr) {
+                Ok(())
+            } else {
+                Err(format!("/status {code}: {body}"))
+            }
+        },
+    );
+    wait_until("n1 routes n2's new CIDR", Duration::from_secs(60), || {
+        let (_, body) = agent_get(&c, "n1", "/status");
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let peers = v["last_reconcile"]["peers"].to_string();
+        if peers.contains(&new_cidr) && !peers.contains(&old_cidr) {
+            Ok(())
+        } else {
+            Err(format!("peers {peers}"))
+        }
+    });
+    let cp = c.control_plane().unwrap();
+    assert_eq!(weft_pod_n2(cp), weftd_before, "weftd on n2 was restarted");
+    // A new pod on n2 gets an address of the new CIDR and is reachable from a pod on n1.
+    let a = c.add_kube_pod("n1", "a").unwrap_or_else(|e| panic!("{e}"));
+    let b = c.add_kube_pod("n2", "b").unwrap_or_else(|e| panic!("{e}"));
+    let new: ipnet::IpNet = new_cidr.parse().unwrap();
+    assert!(new.contains(&b.ipv4().unwrap()), "{:?} not in {new}", b.ips);
+    assert!(weft_lab::probe::ping(a.ns(), b.ipv4().unwrap()), "a -> b");
+
+    // The ClusterRoleBinding removed: after the apiserver restarts (kill -9; watches end),
+    // weftd's list is refused and /readyz and /status say so. Restored: ready again.
+    let cp = c.control_plane().unwrap();
+    cp.kubectl(&["delete", "clusterrolebinding", "weft"])
+        .unwrap();
+    c.kube_mut()
+        .unwrap()
+        .cp
+        .restart_apiserver()
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A running weftd keeps its (ready) data plane and says why in /status.
+    wait_until(
+        "weftd on n1 reports forbidden",
+        Duration::from_secs(60),
+        || {
+            let (_, status) = agent_get(&c, "n1", "/status");
+            let v: Value = serde_json::from_str(&status).unwrap_or(Value::Null);
+            let err = v["datastore_error"].as_str().unwrap_or_default();
+            if v["datastore_connected"] == false && err.contains("forbidden") {
+                Ok(())
+            } else {
+                Err(format!("/status: {status}"))
+            }
+        },
+    );
+    // A weftd that starts without its binding is not ready, and /readyz says why.
+    let cp = c.control_plane().unwrap();
+    let pods = cp.get_json(&["pods", "-n", "weft"]).unwrap();
+    let on_n1 = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["spec"]["nodeName"] == "n1")
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .unwrap()
+        .to_string();
+    cp.kubectl(&["delete", "pod", "-n", "weft", &on_n1, "--wait=true"])
+        .unwrap();
+    wait_until(
+        "new weftd on n1: /readyz says forbidden",
+        Duration::from_secs(90),
+        || match agent_get(&c, "n1", "/readyz") {
+            (503, body) if body.contains("forbidden") => Ok(()),
+            (code, body) => Err(format!("/readyz {code}: {body}")),
+        },
+    );
+    // Pods keep their network meanwhile.
+    assert!(
+        weft_lab::probe::ping(a.ns(), b.ipv4().unwrap()),
+        "a -> b without RBAC"
+    );
+    let manifest = c.dir.join("weft.yaml");
+    c.kubectl(&["apply", "-f", &manifest.display().to_string()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(
+        "weftd on n1 ready again",
+        Duration::from_secs(90),
+        || match agent_get(&c, "n1", "/readyz") {
+            (200, _) => Ok(()),
+            (code, body) => Err(format!("/readyz {code}: {body}")),
+        },
+    );
+}
