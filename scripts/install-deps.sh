@@ -30,6 +30,7 @@ TEST=(
   "busybox-static         /bin/busybox"
   "tcpdump                /usr/bin/tcpdump"
   "procps                 /usr/bin/pgrep"
+  "openssl                /usr/bin/openssl"                # the kube lab's PKI (CA, apiserver and client certs)
 )
 if [ "${1:-}" = "--list" ]; then # for the audit test: "package file" per line
   for e in "${BUILD[@]}"; do echo "build $e"; done; for e in "${TEST[@]}"; do echo "test $e"; done

@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo build --workspace --quiet
+# Real Kubernetes v1.20.2 for crates/lab/tests/kube_lab.rs: built once (~10 min), then cached
+# outside the repository; an explicit WEFT_KUBE_ASSETS is used as is.
+WEFT_KUBE_ASSETS=$(./scripts/kube-build.sh --print-dir)
+export WEFT_KUBE_ASSETS
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # No doc tests: the crates have none, and a trailing "0 passed" would hide the real count.

@@ -191,47 +191,19 @@ fn start_etcd(ns: Netns, dir: &Path) -> Result<Etcd, String> {
         peer_port
     };
     let data = dir.join("etcd");
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let mut cmd = ns.command("/usr/bin/etcd");
-    cmd.args([
-        "--name=bench".to_string(),
-        format!("--data-dir={}", data.display()),
-        format!("--listen-client-urls=http://127.0.0.1:{port}"),
-        format!("--advertise-client-urls=http://127.0.0.1:{port}"),
-        format!("--listen-peer-urls={peer}"),
-        format!("--initial-advertise-peer-urls={peer}"),
-        format!("--initial-cluster=bench={peer}"),
-        "--initial-cluster-state=new".into(),
-        format!("--max-txn-ops={}", TXN_OPS * 2),
-        "--logger=zap".into(),
-        "--log-level=warn".into(),
-    ]);
-    let log = dir.join("etcd.log");
-    let mut proc = ChildGuard::spawn("etcd", cmd, Some(&log)).map_err(|e| e.to_string())?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let healthy = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
-        if proc.exited().is_some() {
-            return Some(false);
-        }
-        match http(
-            ns.handle(),
-            addr,
-            "GET",
-            "/health",
-            b"",
-            Duration::from_secs(1),
-        ) {
-            Ok((200, _)) => Some(true),
-            _ => None,
-        }
-    });
-    if healthy != Some(true) {
-        return Err(format!(
-            "etcd did not become healthy; log {}: {}",
-            log.display(),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        ));
-    }
+    let spec = weft_lab::etcd::EtcdSpec {
+        name: "bench".into(),
+        data_dir: data.clone(),
+        listen_client: vec![addr],
+        advertise_client: addr,
+        peer: format!("127.0.0.1:{peer_port}").parse().unwrap(),
+        extra_args: vec![format!("--max-txn-ops={}", TXN_OPS * 2)],
+        log: dir.join("etcd.log"),
+    };
+    let mut opts = weft_lab::proc::Spawn::new("etcd");
+    opts.own_group = false;
+    let proc = weft_lab::etcd::start(ns.handle(), &spec, opts).map_err(|e| e.to_string())?;
     Ok(Etcd {
         ns,
         addr,
@@ -391,7 +363,7 @@ fn one_run(opts: &Options, peers: usize, run_no: usize) -> Result<RunResult, Str
 
         let mut nl = Netlink::in_netns(etcd.ns.handle()).map_err(|e| e.to_string())?;
         let start = Instant::now();
-        let mut agent = ChildGuard::spawn("weftd", cmd, Some(&log)).map_err(|e| e.to_string())?;
+        let mut agent = ChildGuard::start("weftd", cmd, Some(&log)).map_err(|e| e.to_string())?;
         // Profiling aid: WEFT_BENCH_PERF_DIR=dir attaches `perf record -g` to the agent.
         let mut perf = match std::env::var_os("WEFT_BENCH_PERF_DIR") {
             Some(d) => {
@@ -407,7 +379,7 @@ fn one_run(opts: &Options, peers: usize, run_no: usize) -> Result<RunResult, Str
                     "-o",
                 ])
                 .arg(&out);
-                Some(ChildGuard::spawn("perf", p, None).map_err(|e| e.to_string())?)
+                Some(ChildGuard::start("perf", p, None).map_err(|e| e.to_string())?)
             }
             None => None,
         };

@@ -285,7 +285,7 @@ fn start_server(p: &mut Path) -> Result<(), String> {
         "-p",
         &PORT.to_string(),
     ]);
-    let guard = ChildGuard::spawn("iperf3 -s", cmd, None).map_err(|e| e.to_string())?;
+    let guard = ChildGuard::start("iperf3 -s", cmd, None).map_err(|e| e.to_string())?;
     p.server = Some(guard);
     // Let it bind before the first client.
     std::thread::sleep(Duration::from_millis(300));

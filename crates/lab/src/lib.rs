@@ -2,7 +2,12 @@
 //! the real `weft` plugin exec'd the way a runtime execs it. Used by the `weft-lab` binary (the
 //! demo), by the end-to-end tests and by the benchmarks.
 //!
-//! * [`cluster`]: [`Cluster`], the multi-node lab (topology, etcd, one weftd per node, pods).
+//! * [`cluster`]: [`Cluster`], the multi-node lab (config, agents, keep/teardown).
+//! * [`topology`]: segments, router, world, nodes; [`netutil`]: the netlink helpers it uses.
+//! * [`pods`]: pods attached through a node's conflist.
+//! * [`proc`]: the one process guard; [`etcd`]: the one etcd launcher.
+//! * [`kube`]: a real Kubernetes control plane (certificates, apiserver, controller-manager,
+//!   scheduler) in a lab netns.
 //! * [`conflist`]: runs a CNI conflist as libcni does (ADD in order, DEL in reverse).
 //! * [`matrix`]: the connectivity matrix and its expected-vs-actual check.
 //! * [`registry`]: lab ids and dirs, `down` (remove a lab), `shutdown_all` (signal handlers).
@@ -10,11 +15,18 @@
 
 pub mod cluster;
 pub mod conflist;
+pub mod error;
+pub mod etcd;
+pub mod kube;
 pub mod matrix;
+pub mod netutil;
 pub mod ns;
 pub mod plugin;
+pub mod pods;
 pub mod probe;
+pub mod proc;
 pub mod registry;
+pub mod topology;
 pub mod trace;
 
 pub use cluster::{Cluster, DatastoreKind, LabConfig, LabError, Node, Pod};

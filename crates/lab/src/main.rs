@@ -5,6 +5,8 @@
 //!   weft-lab up       build and wait for Ctrl-C
 //!   weft-lab down --id ID   remove a lab left by --keep (or by a crash)
 //!   weft-lab list     labs present on this machine
+//!   weft-lab kubectl --id ID -- ARGS...          kubectl against a kube lab
+//!   weft-lab exec --id ID NAMESPACE/POD -- CMD... a command of this machine in a pod's netns
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -37,6 +39,22 @@ enum Cmd {
     },
     /// List the labs present on this machine.
     List,
+    /// Run the real kubectl (admin) against a lab started with --datastore kubernetes.
+    Kubectl {
+        #[arg(long)]
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run a command of this machine inside a Kubernetes pod's network namespace.
+    Exec {
+        #[arg(long)]
+        id: String,
+        /// NAMESPACE/POD
+        pod: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
     /// Follow a packet through a running lab, hop by hop, on every node it crosses.
     Trace {
         #[arg(long)]
@@ -63,7 +81,8 @@ struct LabArgs {
     /// nftables, iptables or auto.
     #[arg(long, default_value = "auto")]
     firewall: String,
-    /// etcd, static or none (topology only, no agents, no pods).
+    /// etcd, static, kubernetes (a real control plane and kubelets, weft by its DaemonSet,
+    /// pods made with kubectl) or none (topology only, no agents, no pods).
     #[arg(long, default_value = "etcd")]
     datastore: DatastoreKind,
     /// Leave the lab running; print its id and netns names.
@@ -139,9 +158,13 @@ fn build(args: &LabArgs) -> Result<Cluster, String> {
     let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
     for node in &names {
         for i in 1..=args.pods_per_node {
-            let pod = c
-                .add_pod(node, &format!("{node}-p{i}"))
-                .map_err(|e| format!("adding a pod: {e}"))?;
+            let name = format!("{node}-p{i}");
+            let pod = if args.datastore == DatastoreKind::Kubernetes {
+                c.add_kube_pod(node, &name)
+            } else {
+                c.add_pod(node, &name)
+            }
+            .map_err(|e| format!("adding a pod: {e}"))?;
             let ips: Vec<String> = pod.ips.iter().map(|ip| ip.to_string()).collect();
             eprintln!("weft-lab: pod {} on {node}: {}", pod.name, ips.join(", "));
         }
@@ -257,6 +280,31 @@ fn main() -> ExitCode {
                         ExitCode::FAILURE
                     }
                 }
+                Err(e) => {
+                    eprintln!("weft-lab: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Kubectl { id, args } => {
+            let status = weft_lab::kube::lab::lab_kubectl(&id)
+                .map_err(|e| e.to_string())
+                .and_then(|mut cmd| cmd.args(&args).status().map_err(|e| e.to_string()));
+            match status {
+                Ok(s) => ExitCode::from(s.code().unwrap_or(1).clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("weft-lab: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Exec { id, pod, cmd } => {
+            let Some((ns, name)) = pod.split_once('/') else {
+                eprintln!("weft-lab: {pod:?}: expected NAMESPACE/POD");
+                return ExitCode::FAILURE;
+            };
+            match weft_lab::kube::lab::exec_in_pod(&id, ns, name, &cmd[0], &cmd[1..]) {
+                Ok(s) => ExitCode::from(s.code().unwrap_or(1).clamp(0, 255) as u8),
                 Err(e) => {
                     eprintln!("weft-lab: {e}");
                     ExitCode::FAILURE

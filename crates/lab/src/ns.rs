@@ -36,6 +36,40 @@ impl Netns {
         })
     }
 
+    /// Names an existing network namespace (e.g. `/proc/<pid>/ns/net` of a container) as
+    /// `/run/netns/<name>`: a bind mount, removed on drop (the namespace itself lives as long
+    /// as its processes).
+    pub fn bind_named(name: &str, source: &std::path::Path) -> std::io::Result<Netns> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(std::io::Error::other(format!("bad netns name {name:?}")));
+        }
+        let path = PathBuf::from("/run/netns").join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        if let Err(e) = nix::mount::mount(
+            Some(source),
+            &path,
+            Some("none"),
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
+            let _ = std::fs::remove_file(&path);
+            return Err(std::io::Error::other(format!(
+                "bind {} on {}: {e}",
+                source.display(),
+                path.display()
+            )));
+        }
+        let ns = NetNs::open(&path).map_err(std::io::Error::other)?;
+        Ok(Netns {
+            name: name.to_string(),
+            ns,
+            keep: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
     }
@@ -64,6 +98,22 @@ pub fn enter_command(ns: &NetNs, program: impl AsRef<std::ffi::OsStr>) -> Comman
     unsafe {
         cmd.pre_exec(move || {
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// A command that will run inside `ns`, owning it (for a namespace opened just for this
+/// command: the fd lives as long as the Command).
+pub fn enter_command_owned(ns: NetNs, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    // SAFETY: setns is async-signal-safe; the closure owns the fd.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -156,6 +156,138 @@ pub fn terminate(pid: i32, program: &str, grace: Duration) {
     }
 }
 
+/// Records a mount namespace (by inode) whose processes belong to the lab: a kube node's
+/// containerd, kubelet, shims, and below them the containers.
+pub fn record_mntns(dir: &Path, inode: u64) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("mntns"))?;
+    writeln!(f, "{inode}")
+}
+
+fn ns_inode(pid: i32, kind: &str) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()?;
+    let s = link.to_str()?;
+    s.strip_prefix(kind)?
+        .strip_prefix(":[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// SIGKILLs every process in mount namespace `inode` and every descendant of those (the
+/// containers a shim runs have mount namespaces of their own). Returns how many.
+pub fn kill_mntns(inode: u64) -> usize {
+    let me = std::process::id() as i32;
+    // Never the machine's (or our own) mount namespace, whatever a pid file says.
+    if inode == 0 || ns_inode(me, "mnt") == Some(inode) || ns_inode(1, "mnt") == Some(inode) {
+        return 0;
+    }
+    let pids: Vec<i32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p| *p != me)
+        .collect();
+    let mut doomed: BTreeSet<i32> = pids
+        .iter()
+        .copied()
+        .filter(|p| ns_inode(*p, "mnt") == Some(inode))
+        .collect();
+    if doomed.is_empty() {
+        return 0;
+    }
+    // Descendants, to a fixed point (the process table is a snapshot).
+    let parents: Vec<(i32, i32)> = pids
+        .iter()
+        .filter_map(|p| Some((*p, parent_of(*p)?)))
+        .collect();
+    loop {
+        let before = doomed.len();
+        for (p, pp) in &parents {
+            if doomed.contains(pp) && *p != me {
+                doomed.insert(*p);
+            }
+        }
+        if doomed.len() == before {
+            break;
+        }
+    }
+    for p in &doomed {
+        // SAFETY: plain kill(2); every pid was just seen in the lab's mount namespace or below.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    // Wait (briefly) until they are gone, so that their mounts and netns go with them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && doomed
+            .iter()
+            .any(|p| std::fs::metadata(format!("/proc/{p}/ns")).is_ok() && !zombie(*p))
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    doomed.len()
+}
+
+/// Container ids a node's containerd ran (its task state dir, under the lab dir).
+pub fn container_ids(task_state_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(task_state_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 64 && n.chars().all(|c| c.is_ascii_hexdigit()))
+        .collect()
+}
+
+/// Removes the (empty, dead) cgroups runc made for these containers under `k8s.io` in every
+/// hierarchy: a container killed with its shim is never cleaned up by containerd. Only ids
+/// this lab's containerd ran; rmdir fails harmlessly on a cgroup still in use.
+pub fn remove_container_cgroups(ids: &[String]) {
+    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let hierarchies: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    for id in ids {
+        for h in &hierarchies {
+            let _ = std::fs::remove_dir(h.join("k8s.io").join(id));
+        }
+    }
+}
+
+/// Where a kube node's containerd keeps its task state, under a lab dir.
+pub fn kube_task_dirs(lab_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(lab_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            e.path()
+                .join("kube/root/run-containerd/io.containerd.runtime.v2.task/k8s.io")
+        })
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|st| st == "Z")
+        })
+        .unwrap_or(true)
+}
+
 /// Netns names belonging to lab `id`.
 pub fn netns_of(id: &str) -> Vec<String> {
     let prefix = format!("{id}-");
@@ -180,6 +312,17 @@ pub fn down(id: &str) -> std::io::Result<()> {
             s.spawn(move || terminate(*pid, prog, Duration::from_secs(3)));
         }
     });
+    // A kube node's mount namespace: containerd's shims and the containers below them.
+    for inode in std::fs::read_to_string(dir.join("mntns"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+    {
+        kill_mntns(inode);
+    }
+    for tasks in kube_task_dirs(&dir) {
+        remove_container_cgroups(&container_ids(&tasks));
+    }
     let mut first_err = None;
     for name in netns_of(id) {
         if let Err(e) = weft_netops::netns::delete_named(&name) {

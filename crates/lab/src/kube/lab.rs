@@ -1,0 +1,521 @@
+//! `--datastore kubernetes`: the lab's nodes become a real Kubernetes cluster. The control
+//! plane runs in the underlay netns at 192.168.77.250:6443, every node runs containerd and
+//! kubelet (see [`super::node`]) and registers itself, nodeipam gives each a /24 of the lab's
+//! cluster network, and weft is installed the way users install it: its image (built offline
+//! from the workspace's binaries) imported into every node's containerd and
+//! `deploy/weft.yaml` applied with kubectl, with only the ConfigMap's `WEFT_CLUSTER_CIDRS` set
+//! to the lab's network (as the manifest tells users to).
+
+use super::control_plane::{ControlPlane, ControlPlaneSpec};
+use super::image;
+use super::node::{KubeNode, KubeNodeSpec};
+use crate::cluster::{Cluster, Pod, ETCD_IP};
+use crate::conflist::ConfList;
+use crate::error::{io_err, LabError};
+use crate::ns::Netns;
+use serde_json::{json, Map, Value};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// deploy/weft.yaml, as shipped.
+pub const MANIFEST: &str = include_str!("../../../../deploy/weft.yaml");
+
+/// The kube parts of a lab.
+pub struct KubeLab {
+    pub cp: ControlPlane,
+    pub nodes: Vec<KubeNode>,
+    /// The weft image's reference (deploy/weft.yaml's `image:`).
+    pub weft_image: String,
+}
+
+impl KubeLab {
+    pub fn node(&self, name: &str) -> Option<&KubeNode> {
+        self.nodes.iter().find(|n| n.spec.name == name)
+    }
+
+    /// Keeps every process after drop (a kept lab).
+    pub fn keep(&mut self) {
+        self.cp.keep();
+        self.nodes.iter_mut().for_each(KubeNode::keep);
+    }
+}
+
+impl Drop for KubeLab {
+    fn drop(&mut self) {
+        // Nodes first (in parallel: each stops kubelet, then sweeps its mount namespace).
+        let nodes = std::mem::take(&mut self.nodes);
+        std::thread::scope(|s| {
+            for n in nodes {
+                s.spawn(move || drop(n));
+            }
+        });
+    }
+}
+
+/// The `image:` of deploy/weft.yaml (every container uses the same one).
+pub fn manifest_image() -> Result<String, LabError> {
+    MANIFEST
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("image: "))
+        .map(|s| s.trim().to_string())
+        .ok_or_else(|| LabError::Setup("deploy/weft.yaml names no image".into()))
+}
+
+/// deploy/weft.yaml with the ConfigMap's WEFT_CLUSTER_CIDRS set to `cidrs`; nothing else
+/// changes.
+pub fn patched_manifest(cidrs: &str) -> Result<String, LabError> {
+    let mut found = 0;
+    let out: Vec<String> = MANIFEST
+        .lines()
+        .map(|l| {
+            if let Some(key_at) = l.find("WEFT_CLUSTER_CIDRS: ") {
+                if !l.trim_start().starts_with('#') {
+                    found += 1;
+                    return format!("{}WEFT_CLUSTER_CIDRS: \"{cidrs}\"", &l[..key_at]);
+                }
+            }
+            l.to_string()
+        })
+        .collect();
+    if found != 1 {
+        return Err(LabError::Setup(format!(
+            "deploy/weft.yaml: expected one WEFT_CLUSTER_CIDRS setting, found {found}"
+        )));
+    }
+    Ok(out.join("\n") + "\n")
+}
+
+impl Cluster {
+    /// The kube parts (only with `--datastore kubernetes`, after [`Cluster::start_agents`]).
+    pub fn kube(&self) -> Option<&KubeLab> {
+        self.kube.as_ref()
+    }
+
+    pub fn kube_mut(&mut self) -> Option<&mut KubeLab> {
+        self.kube.as_mut()
+    }
+
+    /// The control plane (Err without `--datastore kubernetes`).
+    pub fn control_plane(&self) -> Result<&ControlPlane, LabError> {
+        self.kube
+            .as_ref()
+            .map(|k| &k.cp)
+            .ok_or_else(|| LabError::Setup("this lab runs no Kubernetes".into()))
+    }
+
+    /// kubectl (admin) against the lab's apiserver.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, LabError> {
+        self.control_plane()?.kubectl(args).map_err(LabError::Setup)
+    }
+
+    /// Starts the control plane, then containerd + kubelet on every node (they register
+    /// themselves), and waits until every Node has a pod CIDR.
+    pub fn start_kube_nodes(&mut self) -> Result<(), LabError> {
+        let assets = super::assets_dir()?;
+        let kdir = self.dir.join("kube");
+        let mut spec = ControlPlaneSpec::new(
+            kdir.clone(),
+            self.underlay.path(),
+            ETCD_IP,
+            self.config.network,
+        )?;
+        spec.node_cidr_mask = self.config.subnet_len;
+        spec.assets = assets;
+        spec.record_in = Some(self.dir.clone());
+        spec.detached = self.config.keep;
+        spec.timeout = self.config.ready_timeout;
+        let cp = ControlPlane::start(spec)?;
+        let weft_image = manifest_image()?;
+        let images_dir = self.dir.join("images");
+        let busybox = image::busybox_image(&images_dir.join("busybox"))?;
+        let weftd_dir = self
+            .weftd_path()?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let weft = image::weft_image(&images_dir.join("weft"), &weft_image, &weftd_dir)?;
+        self.kube = Some(KubeLab {
+            cp,
+            nodes: Vec::new(),
+            weft_image,
+        });
+        let specs: Vec<KubeNodeSpec> = self
+            .nodes
+            .iter()
+            .map(|n| KubeNodeSpec {
+                name: n.name.clone(),
+                netns_path: n.netns.path(),
+                node_ip: n.underlay_ip,
+                dir: n.dir.join("kube"),
+                images: vec![busybox.clone(), weft.clone()],
+                sandbox_image: image::BUSYBOX_IMAGE.into(),
+                record_in: Some(self.dir.clone()),
+                detached: self.config.keep,
+            })
+            .collect();
+        for spec in specs {
+            let kube = self.kube.as_mut().unwrap();
+            let mut node = KubeNode::start(spec, &kube.cp)?;
+            node.start_kube_proxy(&kube.cp, &self.config.network.to_string())?;
+            kube.nodes.push(node);
+        }
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        let timeout = self.config.ready_timeout;
+        let kube = self.kube.as_mut().unwrap();
+        for name in &names {
+            kube.cp
+                .wait_for(
+                    &format!("Node {name} registered with a pod CIDR"),
+                    timeout,
+                    |cp| {
+                        let n = cp.get_json(&["node", name])?;
+                        n["spec"]["podCIDR"]
+                            .as_str()
+                            .map(|_| ())
+                            .ok_or_else(|| format!("Node {name} has no spec.podCIDR yet"))
+                    },
+                )
+                .map_err(|e| node_err(kube, name, e))?;
+        }
+        Ok(())
+    }
+
+    /// `kubectl apply` of deploy/weft.yaml (WEFT_CLUSTER_CIDRS = the lab's network), then
+    /// waits until the DaemonSet's pod is Ready on every node.
+    pub fn deploy_weft(&mut self) -> Result<(), LabError> {
+        let manifest = patched_manifest(&self.config.network.to_string())?;
+        let path = self.dir.join("weft.yaml");
+        std::fs::write(&path, &manifest).map_err(io_err("write", &path))?;
+        let want = self.nodes.len();
+        let timeout = self.config.ready_timeout.max(Duration::from_secs(120));
+        let kube = self
+            .kube
+            .as_mut()
+            .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
+        kube.cp
+            .kubectl(&["apply", "-f", &path.display().to_string()])
+            .map_err(LabError::Setup)?;
+        kube.cp
+            .wait_for("weft DaemonSet Ready on every node", timeout, |cp| {
+                let ds = cp.get_json(&["daemonset", "weft", "-n", "weft"])?;
+                let ready = ds["status"]["numberReady"].as_u64().unwrap_or(0) as usize;
+                if ready == want {
+                    Ok(())
+                } else {
+                    let pods = cp
+                        .kubectl(&["get", "pods", "-n", "weft", "-o", "wide"])
+                        .unwrap_or_default();
+                    Err(format!("{ready} of {want} weft pods ready\n{pods}"))
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Waits until every Node is Ready (the CNI config is in place).
+    pub fn wait_nodes_ready(&mut self) -> Result<(), LabError> {
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        let timeout = self.config.ready_timeout;
+        let kube = self
+            .kube
+            .as_mut()
+            .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
+        for name in &names {
+            kube.cp
+                .wait_for(&format!("Node {name} Ready"), timeout, |cp| {
+                    let n = cp.get_json(&["node", name])?;
+                    let ready = n["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|c| c["type"] == "Ready");
+                    match ready {
+                        Some(c) if c["status"] == "True" => Ok(()),
+                        Some(c) => Err(format!("Ready={}: {}", c["status"], c["message"])),
+                        None => Err("no Ready condition".into()),
+                    }
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The whole kube set-up: control plane, nodes, weft by its DaemonSet, Nodes Ready.
+    pub fn start_kube(&mut self) -> Result<(), LabError> {
+        let t0 = Instant::now();
+        self.start_kube_nodes()?;
+        eprintln!(
+            "weft-lab: control plane and {} kubelets up in {:.1?}",
+            self.nodes.len(),
+            t0.elapsed()
+        );
+        self.deploy_weft()?;
+        self.wait_nodes_ready()?;
+        eprintln!(
+            "weft-lab: weft DaemonSet ready on every node after {:.1?}",
+            t0.elapsed()
+        );
+        Ok(())
+    }
+}
+
+fn node_err(kube: &mut KubeLab, name: &str, e: LabError) -> LabError {
+    let Some(n) = kube.nodes.iter_mut().find(|n| n.spec.name == name) else {
+        return e;
+    };
+    let mut detail = e.to_string();
+    if let Some(k) = &mut n.kubelet {
+        if let Some(status) = k.exited() {
+            detail.push_str(&format!("\nkubelet exited with {status}"));
+        }
+        detail.push_str(&format!(
+            "\n--- last lines of {} ---\n{}",
+            k.log.display(),
+            k.log_tail()
+        ));
+    }
+    detail.push_str(&format!(
+        "\n--- last lines of {} ---\n{}",
+        n.containerd.log.display(),
+        n.containerd.log_tail()
+    ));
+    LabError::Setup(detail)
+}
+
+/// A pod's JSON (status.podIP, spec.nodeName, ...).
+pub fn pod_json(cp: &ControlPlane, namespace: &str, name: &str) -> Result<Value, LabError> {
+    cp.get_json(&["pod", "-n", namespace, name])
+        .map_err(LabError::Setup)
+}
+
+/// The command of the lab's workload pods: busybox waiting for SIGTERM.
+const WAIT: &str = "trap 'exit 0' TERM INT; while :; do sleep 1; done";
+
+impl Cluster {
+    /// Creates a Pod with kubectl on `node` (busybox, its network from weft through
+    /// containerd), waits until it runs, and names its netns `<id>-k-<name>` for probes. It
+    /// joins [`Cluster::pods`], so the connectivity matrix covers it.
+    pub fn add_kube_pod(&mut self, node: &str, name: &str) -> Result<Pod, LabError> {
+        if name.is_empty()
+            || name.len() > 40
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(LabError::Setup(format!(
+                "bad pod name {name:?} (a-z, 0-9, -)"
+            )));
+        }
+        self.node_or_err(node)?;
+        let doc = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": name, "namespace": "default", "labels": { "app": "weft-lab" } },
+            "spec": {
+                "nodeName": node,
+                "terminationGracePeriodSeconds": 2,
+                "automountServiceAccountToken": false,
+                "containers": [{
+                    "name": "main",
+                    "image": image::BUSYBOX_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", WAIT],
+                }],
+            },
+        });
+        let timeout = self.config.ready_timeout;
+        let id = self.id.clone();
+        let kube = self
+            .kube
+            .as_mut()
+            .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
+        kube.cp
+            .kubectl_stdin(&["create", "-f", "-"], Some(doc.to_string().as_bytes()))
+            .map_err(LabError::Setup)?;
+        let (ips, container) = kube
+            .cp
+            .wait_for(&format!("pod {name} running"), timeout, |cp| {
+                let p = cp.get_json(&["pod", "-n", "default", name])?;
+                let st = &p["status"];
+                let cs = &st["containerStatuses"][0];
+                let cid = cs["containerID"].as_str().unwrap_or_default();
+                if st["phase"] != "Running" || cid.is_empty() {
+                    return Err(format!(
+                        "phase {}, conditions {}, container {}",
+                        st["phase"], st["conditions"], cs["state"]
+                    ));
+                }
+                let ips: Vec<IpAddr> = st["podIPs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["ip"].as_str()?.parse().ok())
+                    .collect();
+                if ips.is_empty() {
+                    return Err("no podIPs".into());
+                }
+                let cid = cid.trim_start_matches("containerd://").to_string();
+                Ok((ips, cid))
+            })?;
+        let kn = kube
+            .node(node)
+            .ok_or_else(|| LabError::Setup(format!("no kubelet on {node}")))?;
+        let pid = task_pid(kn, &container)?;
+        let netns = {
+            let _g = crate::registry::create_guard().map_err(|_| LabError::Interrupted)?;
+            let ns_name = format!("{id}-k-{name}");
+            let src = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            Netns::bind_named(&ns_name, &src).map_err(io_err("name pod netns", &src))?
+        };
+        let pod = Pod {
+            name: name.into(),
+            node: node.into(),
+            netns: Arc::new(netns),
+            ips,
+            container_id: container,
+            result: Value::Null,
+            conflist: ConfList {
+                cni_version: String::new(),
+                name: String::new(),
+                disable_check: true,
+                plugins: Vec::new(),
+            },
+            capability_args: Map::new(),
+            kube_namespace: Some("default".into()),
+        };
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    /// `kubectl delete pod` and wait until it is gone (its sandbox stopped: CNI DEL done).
+    pub(crate) fn delete_kube_pod(&mut self, namespace: &str, name: &str) -> Result<(), LabError> {
+        let cp = self.control_plane()?;
+        cp.kubectl(&[
+            "delete",
+            "pod",
+            "-n",
+            namespace,
+            name,
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .map_err(LabError::Setup)?;
+        Ok(())
+    }
+
+    /// Runs `program args` of this machine inside pod `namespace/name`'s netns; see
+    /// [`exec_in_pod`].
+    pub fn exec_in_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        program: &str,
+        args: &[String],
+    ) -> Result<std::process::ExitStatus, LabError> {
+        exec_in_pod(&self.id, namespace, name, program, args)
+    }
+}
+
+/// kubectl (admin) for lab `id` (also one kept by another process): runs inside its underlay
+/// netns, where the apiserver is.
+pub fn lab_kubectl(id: &str) -> Result<std::process::Command, LabError> {
+    if !crate::registry::valid_id(id) {
+        return Err(LabError::Setup(format!("{id:?} is not a weft-lab id")));
+    }
+    let dir = crate::registry::lab_dir(id);
+    let kubeconfig = dir.join("kube/admin.kubeconfig");
+    if !kubeconfig.is_file() {
+        return Err(LabError::Setup(format!(
+            "lab {id} runs no Kubernetes (no {})",
+            kubeconfig.display()
+        )));
+    }
+    let ns_path = weft_netops::netns::named_path(&format!("{id}-ul"));
+    let ns = weft_netops::netns::NetNs::open(&ns_path).map_err(|source| LabError::Net {
+        op: format!("open netns {}", ns_path.display()),
+        source,
+    })?;
+    let mut cmd = crate::ns::enter_command_owned(ns, super::assets_dir()?.join("kubectl"));
+    cmd.arg("--kubeconfig").arg(kubeconfig);
+    Ok(cmd)
+}
+
+/// Runs `program args` of this machine inside the netns of pod `namespace/name` of lab `id`
+/// (found through kubectl, then its container's task on its node's containerd). Output is
+/// inherited; returns the exit status.
+pub fn exec_in_pod(
+    id: &str,
+    namespace: &str,
+    name: &str,
+    program: &str,
+    args: &[String],
+) -> Result<std::process::ExitStatus, LabError> {
+    let out = lab_kubectl(id)?
+        .args(["get", "pod", "-n", namespace, name, "-o", "json"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io_err("run kubectl", std::path::Path::new("kubectl")))?;
+    if !out.status.success() {
+        return Err(LabError::Setup(format!(
+            "kubectl get pod {namespace}/{name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let p: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| LabError::Setup(format!("pod {namespace}/{name}: {e}")))?;
+    let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+    if node.is_empty() || !node.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(LabError::Setup(format!(
+            "pod {namespace}/{name} is on no lab node ({node:?})"
+        )));
+    }
+    let cid = p["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("containerd://");
+    let sock = crate::registry::lab_dir(id)
+        .join(node)
+        .join("kube/root/run-containerd/containerd.sock");
+    let pid = task_pid_at(&sock, node, cid)?;
+    let ns = weft_netops::netns::NetNs::open(format!("/proc/{pid}/ns/net")).map_err(|source| {
+        LabError::Net {
+            op: format!("open netns of {namespace}/{name}"),
+            source,
+        }
+    })?;
+    crate::ns::enter_command(&ns, program)
+        .args(args)
+        .status()
+        .map_err(io_err("run", std::path::Path::new(program)))
+}
+
+/// The pid of container `id`'s task on node `kn` (`ctr task ls`).
+fn task_pid(kn: &KubeNode, id: &str) -> Result<u32, LabError> {
+    task_pid_at(&kn.containerd_socket(), &kn.spec.name, id)
+}
+
+fn task_pid_at(sock: &std::path::Path, node: &str, id: &str) -> Result<u32, LabError> {
+    if id.is_empty() {
+        return Err(LabError::Setup("the pod has no container yet".into()));
+    }
+    let out = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(sock)
+        .args(["--namespace", "k8s.io", "tasks", "ls"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io_err("run ctr", std::path::Path::new("ctr")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .skip(1)
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == id).then(|| f.next()?.parse().ok())?
+        })
+        .ok_or_else(|| {
+            LabError::Setup(format!(
+                "no task {id} on {node}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })
+}

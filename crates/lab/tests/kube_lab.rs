@@ -1,0 +1,469 @@
+//! A real Kubernetes (v1.20.2 from scripts/kube-build.sh; `WEFT_KUBE_ASSETS` or its cache)
+//! in the lab: control plane in the underlay netns, real kubelets with containerd as nodes,
+//! weft installed by its own DaemonSet.
+//!
+//! Root; needs the Kubernetes binaries (scripts/test.sh builds them once and exports
+//! WEFT_KUBE_ASSETS), etcd, openssl, and `weft`/`weftd` built.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use weft_lab::cluster::ETCD_IP;
+use weft_lab::kube::node::host_sysctls;
+use weft_lab::kube::{ControlPlane, ControlPlaneSpec};
+use weft_lab::ns::enter_command;
+use weft_lab::{registry, Cluster, DatastoreKind, LabConfig};
+
+fn topo(nodes: usize, far_node: bool) -> LabConfig {
+    LabConfig {
+        nodes,
+        far_node,
+        datastore: DatastoreKind::None,
+        ..LabConfig::default()
+    }
+}
+
+#[test]
+fn control_plane_serves_tls_on_the_underlay_and_nodeipam_assigns_pod_cidrs() {
+    let c = Cluster::build(topo(1, false)).unwrap_or_else(|e| panic!("{e}"));
+    let (id, dir) = (c.id.clone(), c.dir.clone());
+    let mut spec = ControlPlaneSpec::new(
+        c.dir.join("kube"),
+        c.underlay.path(),
+        ETCD_IP,
+        c.config.network,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    spec.record_in = Some(c.dir.clone());
+    let mut cp = ControlPlane::start(spec).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cp.url, format!("https://{ETCD_IP}:6443"));
+    assert_eq!(
+        cp.kubectl(&["get", "--raw", "/healthz"]).unwrap().trim(),
+        "ok"
+    );
+
+    // From a node, at the underlay address: the serving certificate names it (kubectl
+    // verifies against the lab CA).
+    let out = enter_command(c.nodes[0].ns(), cp.spec.assets.join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&cp.admin_kubeconfig)
+        .args(["get", "--raw", "/healthz"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl from n1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+
+    // A Node created by hand gets a /24 of the cluster CIDR from nodeipam.
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "hand-made"}});
+    cp.kubectl_stdin(&["create", "-f", "-"], Some(node.to_string().as_bytes()))
+        .unwrap();
+    let cidr = cp
+        .wait_for("podCIDR of hand-made", Duration::from_secs(60), |cp| {
+            let n: Value = cp.get_json(&["node", "hand-made"])?;
+            n["spec"]["podCIDR"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| "no spec.podCIDR yet".to_string())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cidr: ipnet::Ipv4Net = cidr.parse().unwrap();
+    assert_eq!(cidr.prefix_len(), 24);
+    assert!(
+        c.config.network.contains(&cidr),
+        "{cidr} not in {}",
+        c.config.network
+    );
+
+    // The ServiceAccount controllers run: the default namespace gets its token.
+    cp.wait_for(
+        "default ServiceAccount token",
+        Duration::from_secs(60),
+        |cp| {
+            let sa = cp.get_json(&["serviceaccount", "default", "-n", "default"])?;
+            sa["secrets"]
+                .as_array()
+                .filter(|s| !s.is_empty())
+                .map(|_| ())
+                .ok_or_else(|| "no token secret yet".to_string())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    drop(cp);
+    drop(c);
+    assert!(registry::netns_of(&id).is_empty(), "netns left");
+    assert!(!dir.exists(), "{} left", dir.display());
+}
+
+fn kube(nodes: usize, far_node: bool) -> LabConfig {
+    LabConfig {
+        nodes,
+        far_node,
+        datastore: DatastoreKind::Kubernetes,
+        ready_timeout: Duration::from_secs(90),
+        ..LabConfig::default()
+    }
+}
+
+/// The standard paths a kube node gets its own copy of, as they are on this machine.
+fn host_paths() -> Vec<(String, bool)> {
+    weft_lab::kube::node::NODE_DIRS
+        .iter()
+        .map(|(p, _)| (p.to_string(), std::path::Path::new(p).exists()))
+        .collect()
+}
+
+#[test]
+fn kubelets_register_from_their_own_mount_namespaces_and_leave_the_machine_as_it_was() {
+    let sysctls_before = host_sysctls();
+    let paths_before = host_paths();
+    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
+    let (id, dir) = (c.id.clone(), c.dir.clone());
+    c.start_kube_nodes().unwrap_or_else(|e| panic!("{e}"));
+    let cp = c.control_plane().unwrap();
+    let mut cidrs = Vec::new();
+    for n in ["n1", "n2"] {
+        let node = cp.get_json(&["node", n]).unwrap();
+        // Registered by its kubelet (not by hand): the kubelet's own labels and address.
+        assert_eq!(node["metadata"]["labels"]["kubernetes.io/hostname"], n);
+        let ip = c.node(n).unwrap().underlay_ip.to_string();
+        assert!(
+            node["status"]["addresses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["type"] == "InternalIP" && a["address"] == ip.as_str()),
+            "{n}: {}",
+            node["status"]["addresses"]
+        );
+        let cidr: ipnet::Ipv4Net = node["spec"]["podCIDR"].as_str().unwrap().parse().unwrap();
+        assert!(c.config.network.contains(&cidr));
+        cidrs.push(cidr);
+    }
+    assert_ne!(cidrs[0], cidrs[1]);
+    // kubelet set its sysctls: on the node's bound files, not on the machine.
+    let kn = c.kube().unwrap().node("n1").unwrap();
+    let overcommit = kn.spec.dir.join("root/sysctl/vm.overcommit_memory");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&overcommit).unwrap().trim() != "1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubelet did not write vm.overcommit_memory on its node file"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        host_sysctls(),
+        sysctls_before,
+        "the machine's sysctls changed"
+    );
+    assert_eq!(
+        host_paths(),
+        paths_before,
+        "standard paths appeared on the machine"
+    );
+    // kubelet's own dirs live in the node's dir.
+    assert!(kn.spec.dir.join("root/var-lib-kubelet/pods").is_dir());
+    let mntns = kn.mntns;
+    drop(c);
+    assert_eq!(host_sysctls(), sysctls_before);
+    assert_eq!(host_paths(), paths_before);
+    assert_eq!(
+        registry::kill_mntns(mntns),
+        0,
+        "processes left in the node's mount ns"
+    );
+    assert!(registry::netns_of(&id).is_empty(), "netns left");
+    assert!(!dir.exists(), "{} left", dir.display());
+}
+
+/// Files under `dir` named like an IP address: weft's IPAM reservations.
+fn reservations(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.path().is_dir() {
+            out.extend(reservations(&e.path()));
+        } else if name.parse::<std::net::IpAddr>().is_ok() {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The weft host veths on a node (by weft's alias prefix).
+fn weft_veths(ns: &weft_netops::netns::NetNs) -> Vec<String> {
+    weft_netops::Netlink::in_netns(ns)
+        .unwrap()
+        .list_links()
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with("weft:")))
+        .map(|l| l.name)
+        .collect()
+}
+
+#[test]
+fn weft_by_its_daemonset_networks_kubectl_pods_across_nodes_and_releases_them() {
+    let t0 = std::time::Instant::now();
+    let sysctls_before = host_sysctls();
+    let mut c = Cluster::build(kube(2, true)).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("cluster with weft ready after {:.1?}", t0.elapsed());
+    let cp = c.control_plane().unwrap();
+    // One weft pod per node, Ready, with the manifest's ServiceAccount.
+    let ds_pods = cp.get_json(&["pods", "-n", "weft"]).unwrap();
+    let items = ds_pods["items"].as_array().unwrap();
+    let mut on: Vec<&str> = items
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap())
+        .collect();
+    on.sort();
+    assert_eq!(on, ["n1", "n2", "n3"]);
+    for p in items {
+        assert_eq!(p["spec"]["serviceAccountName"], "weft");
+        assert_eq!(
+            p["status"]["containerStatuses"][0]["ready"], true,
+            "{}",
+            p["metadata"]["name"]
+        );
+    }
+    // The plugin was installed by the init container into each node's own /opt/cni/bin.
+    let kn1 = c.kube().unwrap().node("n1").unwrap();
+    assert!(kn1.host_path("/opt/cni/bin/weft").unwrap().is_file());
+    assert!(kn1
+        .host_path("/etc/cni/net.d/10-weft.conflist")
+        .unwrap()
+        .is_file());
+
+    // Pods made with kubectl on every node: the whole matrix (host-gw between n1 and n2,
+    // VXLAN to the far node n3, nodes, the world).
+    for n in ["n1", "n2", "n3"] {
+        for i in 1..=2 {
+            c.add_kube_pod(n, &format!("{n}-p{i}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    eprintln!("6 pods running after {:.1?}", t0.elapsed());
+    let rows = c.connectivity_matrix().unwrap();
+    eprintln!("{}", weft_lab::matrix::table(&rows));
+    let failures = weft_lab::matrix::failures(&rows);
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(rows
+        .iter()
+        .any(|r| r.kind == weft_lab::matrix::Kind::PodPodAcrossSubnets && r.ok));
+
+    // kubectl delete pod: CNI DEL through containerd releases the IP and the host veth.
+    let pod = c.pod("n1-p1").unwrap().clone();
+    let ip = pod.ipv4().unwrap().to_string();
+    let kn1 = c.kube().unwrap().node("n1").unwrap();
+    let ipam = kn1.host_path("/var/lib/cni/weft").unwrap();
+    assert!(
+        reservations(&ipam).contains(&ip),
+        "{ip} not reserved in {}",
+        ipam.display()
+    );
+    let veths_before = weft_veths(c.node("n1").unwrap().ns());
+    c.remove_pod("n1-p1").unwrap_or_else(|e| panic!("{e}"));
+    let kn1 = c.kube().unwrap().node("n1").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = reservations(&ipam).contains(&ip);
+        let veths = weft_veths(c.node("n1").unwrap().ns());
+        if !held && veths.len() + 1 == veths_before.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after kubectl delete: {ip} reserved: {held}; weft veths {veths:?}, before {veths_before:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = kn1;
+    assert_eq!(
+        host_sysctls(),
+        sysctls_before,
+        "the machine's sysctls changed"
+    );
+    let t_drop = std::time::Instant::now();
+    drop(c);
+    eprintln!(
+        "teardown {:.1?}; total {:.1?}",
+        t_drop.elapsed(),
+        t0.elapsed()
+    );
+}
+
+/// weftd's /status (or /readyz) on a node, through its loopback.
+fn agent_get(c: &Cluster, node: &str, path: &str) -> (u16, String) {
+    weft_lab::probe::http_get(
+        c.node(node).unwrap().ns(),
+        weft_lab::cluster::AGENT_LISTEN,
+        path,
+        Duration::from_secs(2),
+    )
+    .unwrap_or((0, String::new()))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<(), String>) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last = match f() {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not after {timeout:?}: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn kube_datastore_node_recreated_with_new_pod_cidr_and_rbac_removed() {
+    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    let cp = c.control_plane().unwrap();
+    let weft_pod_n2 = |cp: &ControlPlane| -> (String, u64) {
+        let pods = cp.get_json(&["pods", "-n", "weft"]).unwrap();
+        let p = pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["spec"]["nodeName"] == "n2")
+            .cloned()
+            .expect("a weft pod on n2");
+        let cs = &p["status"]["containerStatuses"][0];
+        (
+            cs["containerID"].as_str().unwrap_or_default().to_string(),
+            cs["restartCount"].as_u64().unwrap_or(0),
+        )
+    };
+    let weftd_before = weft_pod_n2(cp);
+
+    // Node n2 deleted and re-created (as an operator or a cloud controller would, with its
+    // labels and status): nodeipam gives it a different pod CIDR.
+    let mut node = cp.get_json(&["node", "n2"]).unwrap();
+    let old_cidr = node["spec"]["podCIDR"].as_str().unwrap().to_string();
+    let labels = node["metadata"]["labels"].clone();
+    node["metadata"] = json!({ "name": "n2", "labels": labels });
+    node["spec"] = json!({});
+    cp.kubectl(&["delete", "node", "n2", "--wait=true"])
+        .unwrap();
+    cp.kubectl_stdin(&["create", "-f", "-"], Some(node.to_string().as_bytes()))
+        .unwrap();
+    let mut new_cidr = String::new();
+    wait_until(
+        "re-created n2 gets a pod CIDR",
+        Duration::from_secs(60),
+        || {
+            let n = cp.get_json(&["node", "n2"])?;
+            new_cidr = n["spec"]["podCIDR"]
+                .as_str()
+                .ok_or("no podCIDR yet")?
+                .to_string();
+            Ok(())
+        },
+    );
+    assert_ne!(new_cidr, old_cidr, "nodeipam reused the old CIDR");
+    // weftd on n2 moves to it without a restart; n1's weftd routes it.
+    wait_until(
+        "weftd on n2 on the new CIDR",
+        Duration::from_secs(60),
+        || {
+            let (code, body) = agent_get(&c, "n2", "/status");
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let cidrs = v.to_string();
+            if code == 200 && cidrs.contains(&new_cidr) && !cidrs.contains(&old_cidr) {
+                Ok(())
+            } else {
+                Err(format!("/status {code}: {body}"))
+            }
+        },
+    );
+    wait_until("n1 routes n2's new CIDR", Duration::from_secs(60), || {
+        let (_, body) = agent_get(&c, "n1", "/status");
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let peers = v["last_reconcile"]["peers"].to_string();
+        if peers.contains(&new_cidr) && !peers.contains(&old_cidr) {
+            Ok(())
+        } else {
+            Err(format!("peers {peers}"))
+        }
+    });
+    let cp = c.control_plane().unwrap();
+    assert_eq!(weft_pod_n2(cp), weftd_before, "weftd on n2 was restarted");
+    // A new pod on n2 gets an address of the new CIDR and is reachable from a pod on n1.
+    let a = c.add_kube_pod("n1", "a").unwrap_or_else(|e| panic!("{e}"));
+    let b = c.add_kube_pod("n2", "b").unwrap_or_else(|e| panic!("{e}"));
+    let new: ipnet::IpNet = new_cidr.parse().unwrap();
+    assert!(new.contains(&b.ipv4().unwrap()), "{:?} not in {new}", b.ips);
+    assert!(weft_lab::probe::ping(a.ns(), b.ipv4().unwrap()), "a -> b");
+
+    // The ClusterRoleBinding removed: after the apiserver restarts (kill -9; watches end),
+    // weftd's list is refused and /readyz and /status say so. Restored: ready again.
+    let cp = c.control_plane().unwrap();
+    cp.kubectl(&["delete", "clusterrolebinding", "weft"])
+        .unwrap();
+    c.kube_mut()
+        .unwrap()
+        .cp
+        .restart_apiserver()
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A running weftd keeps its (ready) data plane and says why in /status.
+    wait_until(
+        "weftd on n1 reports forbidden",
+        Duration::from_secs(60),
+        || {
+            let (_, status) = agent_get(&c, "n1", "/status");
+            let v: Value = serde_json::from_str(&status).unwrap_or(Value::Null);
+            let err = v["datastore_error"].as_str().unwrap_or_default();
+            if v["datastore_connected"] == false && err.contains("forbidden") {
+                Ok(())
+            } else {
+                Err(format!("/status: {status}"))
+            }
+        },
+    );
+    // A weftd that starts without its binding is not ready, and /readyz says why.
+    let cp = c.control_plane().unwrap();
+    let pods = cp.get_json(&["pods", "-n", "weft"]).unwrap();
+    let on_n1 = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["spec"]["nodeName"] == "n1")
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .unwrap()
+        .to_string();
+    cp.kubectl(&["delete", "pod", "-n", "weft", &on_n1, "--wait=true"])
+        .unwrap();
+    wait_until(
+        "new weftd on n1: /readyz says forbidden",
+        Duration::from_secs(90),
+        || match agent_get(&c, "n1", "/readyz") {
+            (503, body) if body.contains("forbidden") => Ok(()),
+            (code, body) => Err(format!("/readyz {code}: {body}")),
+        },
+    );
+    // Pods keep their network meanwhile.
+    assert!(
+        weft_lab::probe::ping(a.ns(), b.ipv4().unwrap()),
+        "a -> b without RBAC"
+    );
+    let manifest = c.dir.join("weft.yaml");
+    c.kubectl(&["apply", "-f", &manifest.display().to_string()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(
+        "weftd on n1 ready again",
+        Duration::from_secs(90),
+        || match agent_get(&c, "n1", "/readyz") {
+            (200, _) => Ok(()),
+            (code, body) => Err(format!("/readyz {code}: {body}")),
+        },
+    );
+}
