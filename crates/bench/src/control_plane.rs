@@ -214,7 +214,7 @@ fn start_etcd(ns: Netns, dir: &Path) -> Result<Etcd, String> {
 
 /// The underlay the agent needs: a veth pair inside the netns (both ends there), up, with
 /// 192.168.200.1/16 on `eth0`. Peers' underlay IPs (172.16/12) only end up in FDB entries.
-fn make_underlay(ns: &Netns) -> Result<(), String> {
+pub(crate) fn make_underlay(ns: &Netns) -> Result<(), String> {
     let mut nl = Netlink::in_netns(ns.handle()).map_err(|e| e.to_string())?;
     let pair = nl
         .create_veth(&VethSpec {
@@ -232,7 +232,7 @@ fn make_underlay(ns: &Netns) -> Result<(), String> {
 }
 
 /// weft's routes (protocol 87) in the main table.
-fn count_routes(nl: &mut Netlink) -> Result<usize, String> {
+pub(crate) fn count_routes(nl: &mut Netlink) -> Result<usize, String> {
     Ok(nl
         .list_routes(Some(IpFamily::V4), Some(254))
         .map_err(|e| e.to_string())?

@@ -3,6 +3,7 @@
 
 mod churn;
 mod control_plane;
+mod control_plane_kube;
 mod datapath;
 mod plugin;
 mod stats;
@@ -63,12 +64,26 @@ enum Suite {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
-    /// weftd with N synthetic etcd peers: time to program, one new peer, peak RSS.
+    /// weftd with N peers (synthetic etcd records, or Node objects in a real kube-apiserver):
+    /// time to program, one new peer, peak RSS; with kubernetes also deletion bursts,
+    /// unrelated updates and CPU.
     ControlPlane {
         #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
         peers: Vec<usize>,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// etcd, or kubernetes (needs the lab's Kubernetes binaries: scripts/kube-build.sh).
+        #[arg(long, default_value = "etcd")]
+        datastore: String,
+        /// Backend (kubernetes datastore; the etcd suite always uses vxlan).
+        #[arg(long, default_value = "host-gw")]
+        backend: String,
+        /// Nodes deleted at once, and Nodes given an unrelated annotation (kubernetes).
+        #[arg(long, default_value_t = 100)]
+        burst: usize,
+        /// Seconds the agent idles before its RSS is read (kubernetes).
+        #[arg(long, default_value_t = 30)]
+        idle_secs: u64,
         /// New peers added one by one per run (latency to their route).
         #[arg(long, default_value_t = 20)]
         new_peers: usize,
@@ -171,9 +186,36 @@ fn main() {
         Suite::ControlPlane {
             peers,
             rounds,
+            datastore,
+            backend,
+            burst,
+            idle_secs,
+            new_peers,
+            log_dir: _,
+            agent_args,
+        } if datastore == "kubernetes" => {
+            let opts = control_plane_kube::Options {
+                sizes: peers,
+                rounds: rounds.max(1),
+                new_nodes: new_peers,
+                burst,
+                idle: Duration::from_secs(idle_secs),
+                backend,
+                bin_dir,
+                agent_args,
+            };
+            let report =
+                control_plane_kube::run(&opts).unwrap_or_else(|e| fail("control-plane", e));
+            control_plane_kube::print(&report, &opts);
+            serde_json::json!({ "suite": "control-plane-kubernetes", "report": report })
+        }
+        Suite::ControlPlane {
+            peers,
+            rounds,
             new_peers,
             log_dir,
             agent_args,
+            ..
         } => {
             let opts = control_plane::Options {
                 sizes: peers,

@@ -42,9 +42,9 @@ pub const ANNOTATION_VTEP_MAC: &str = "weft.dev/vtep-mac";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Server-side duration of one watch request; the watch is then resumed where it stopped.
 const WATCH_TIMEOUT_SECS: u32 = 290;
-/// Nodes per page of a (re-)list: bounds the memory a list of thousands of Nodes takes
-/// while it is decoded (a Node object is ~14 KiB).
-const LIST_PAGE_SIZE: u32 = 500;
+/// Nodes per page of a (re-)list: bounds the bytes of one answer held while it is decoded
+/// (a Node object is ~10-14 KiB of JSON; only its few fields weftd uses are kept).
+const LIST_PAGE_SIZE: u32 = 100;
 /// How often to look again while this node has no pod CIDR yet (flannel: every second).
 const POD_CIDR_POLL: Duration = Duration::from_secs(1);
 
@@ -150,13 +150,15 @@ impl KubeStore {
         use ::kube::runtime::watcher::{self, Event};
         use ::kube::runtime::WatchStreamExt;
 
-        let api: Api<Node> = Api::all(self.client().await?);
+        let client = self.client().await?;
+        // Patches of our own Node go through the full type; the watch decodes only what weftd
+        // reads (SlimNode), so a Node's status, images and managed fields are never kept.
+        let api: Api<Node> = Api::all(client.clone());
+        let slim: Api<SlimNode> = Api::all(client);
         let config = watcher::Config::default()
             .timeout(WATCH_TIMEOUT_SECS)
             .page_size(LIST_PAGE_SIZE);
-        let mut events = watcher::watcher(api.clone(), config)
-            .default_backoff()
-            .boxed();
+        let mut events = watcher::watcher(slim, config).default_backoff().boxed();
         // The nodes as last listed and watched; `listing` collects a (re-)list until it is
         // complete, so that peers are only ever sent from a whole list.
         let mut nodes: BTreeMap<String, NodeFacts> = BTreeMap::new();
@@ -197,7 +199,8 @@ impl KubeStore {
                     continue;
                 }
                 Event::InitApply(node) => {
-                    if let (Some(list), Some(facts)) = (listing.as_mut(), NodeFacts::of(&node)) {
+                    if let (Some(list), Some(facts)) = (listing.as_mut(), NodeFacts::of_slim(&node))
+                    {
                         list.insert(facts.name.clone(), facts);
                     }
                     continue;
@@ -209,7 +212,7 @@ impl KubeStore {
                     publish(&nodes, &me, &peers);
                     continue;
                 }
-                Event::Apply(node) => NodeFacts::of(&node).and_then(|facts| {
+                Event::Apply(node) => NodeFacts::of_slim(&node).and_then(|facts| {
                     let name = facts.name.clone();
                     let before = nodes.insert(name.clone(), facts);
                     (before.as_ref() != nodes.get(&name)).then_some(name)
@@ -395,6 +398,143 @@ pub fn node_pod_cidrs(node: &Node) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
+/// A Node as weftd's watch decodes it: the name, resource version and weft's own annotations,
+/// the pod CIDRs and the InternalIPs. Everything else in the JSON (status conditions, images,
+/// managed fields: most of a Node's ~10-14 KiB) is skipped while parsing, never allocated.
+#[derive(Debug, Clone, Default)]
+pub struct SlimNode {
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    /// `spec.podCIDRs`, else `spec.podCIDR`.
+    pub pod_cidrs: Vec<String>,
+    pub internal_ips: Vec<String>,
+}
+
+impl ::kube::Resource for SlimNode {
+    type DynamicType = ();
+    type Scope = k8s_openapi::ClusterResourceScope;
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "Node".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "nodes".into()
+    }
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Only weft's annotations are kept of a Node's annotations.
+fn weft_annotations(
+    all: impl IntoIterator<Item = (String, String)>,
+) -> Option<BTreeMap<String, String>> {
+    let ours: BTreeMap<String, String> = all
+        .into_iter()
+        .filter(|(k, _)| k == ANNOTATION_UNDERLAY_IP || k == ANNOTATION_VTEP_MAC)
+        .collect();
+    (!ours.is_empty()).then_some(ours)
+}
+
+impl<'de> serde::Deserialize<'de> for SlimNode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SlimNode, D::Error> {
+        // Unknown fields are skipped by serde without being built.
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Meta {
+            name: Option<String>,
+            resource_version: Option<String>,
+            annotations: Option<BTreeMap<String, String>>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        #[serde(rename_all = "camelCase")]
+        struct Spec {
+            #[serde(rename = "podCIDR")]
+            pod_cidr: Option<String>,
+            #[serde(rename = "podCIDRs")]
+            pod_cidrs: Option<Vec<String>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Address {
+            #[serde(rename = "type")]
+            type_: String,
+            address: String,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct Status {
+            addresses: Option<Vec<Address>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            metadata: Meta,
+            spec: Option<Spec>,
+            status: Option<Status>,
+        }
+        let w = Wire::deserialize(d)?;
+        let spec = w.spec.unwrap_or_default();
+        let pod_cidrs = match spec.pod_cidrs {
+            Some(list) if !list.is_empty() => list,
+            _ => spec.pod_cidr.into_iter().collect(),
+        };
+        Ok(SlimNode {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: w.metadata.name,
+                resource_version: w.metadata.resource_version,
+                annotations: weft_annotations(w.metadata.annotations.unwrap_or_default()),
+                ..Default::default()
+            },
+            pod_cidrs,
+            internal_ips: w
+                .status
+                .and_then(|s| s.addresses)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .map(|a| a.address)
+                .collect(),
+        })
+    }
+}
+
+impl From<&Node> for SlimNode {
+    fn from(node: &Node) -> SlimNode {
+        let spec = node.spec.as_ref();
+        let pod_cidrs = match spec.and_then(|s| s.pod_cidrs.clone()) {
+            Some(list) if !list.is_empty() => list,
+            _ => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
+        };
+        SlimNode {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: node.metadata.name.clone(),
+                resource_version: node.metadata.resource_version.clone(),
+                annotations: weft_annotations(
+                    node.metadata.annotations.clone().unwrap_or_default(),
+                ),
+                ..Default::default()
+            },
+            pod_cidrs,
+            internal_ips: node
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .map(|a| {
+                    a.iter()
+                        .filter(|a| a.type_ == "InternalIP")
+                        .map(|a| a.address.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// The few facts weftd keeps of a Node. A full Node object is ~14 KiB (status, images,
 /// conditions, managed fields); these are a few hundred bytes, so weftd's memory follows the
 /// number of nodes, not the size of their objects. Two Nodes with equal facts are the same
@@ -414,26 +554,31 @@ pub struct NodeFacts {
 impl NodeFacts {
     /// The facts of `node`; `None` for an object without a name.
     pub fn of(node: &Node) -> Option<NodeFacts> {
+        NodeFacts::of_slim(&SlimNode::from(node))
+    }
+
+    /// The facts of a Node as the watch decodes it.
+    pub fn of_slim(node: &SlimNode) -> Option<NodeFacts> {
         let name = node.metadata.name.clone()?;
         let ann = node.metadata.annotations.as_ref();
         let get = |key: &str| ann.and_then(|a| a.get(key)).cloned();
-        let internal_ips = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .map(|addrs| {
-                addrs
-                    .iter()
-                    .filter(|a| a.type_ == "InternalIP")
-                    .filter_map(|a| a.address.parse().ok())
-                    .collect()
+        let pod_cidrs = node
+            .pod_cidrs
+            .iter()
+            .map(|c| {
+                c.parse::<IpNet>()
+                    .map_err(|e| format!("node {name}: invalid pod CIDR {c:?}: {e}"))
             })
-            .unwrap_or_default();
+            .collect();
         Some(NodeFacts {
-            pod_cidrs: node_pod_cidrs(node),
+            pod_cidrs,
             underlay_annotation: get(ANNOTATION_UNDERLAY_IP),
             vtep_mac_annotation: get(ANNOTATION_VTEP_MAC),
-            internal_ips,
+            internal_ips: node
+                .internal_ips
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
             name,
         })
     }
@@ -556,6 +701,31 @@ mod tests {
 
     fn facts(n: &Node) -> NodeFacts {
         NodeFacts::of(n).unwrap()
+    }
+
+    /// The watch decodes Nodes as SlimNode: the same facts as from the full object, and
+    /// nothing else kept.
+    #[test]
+    fn slim_node_keeps_only_what_weftd_reads() {
+        let mut full = node(
+            "a",
+            &["10.244.1.0/24"],
+            &["192.168.0.5"],
+            &[(ANNOTATION_VTEP_MAC, "02:00:00:00:00:05"), ("other", "x")],
+        );
+        full.status.as_mut().unwrap().images = Some(vec![Default::default(); 3]);
+        let json = serde_json::to_string(&full).unwrap();
+        let slim: SlimNode = serde_json::from_str(&json).unwrap();
+        assert_eq!(NodeFacts::of_slim(&slim), NodeFacts::of(&full));
+        let ann = slim.metadata.annotations.unwrap();
+        assert_eq!(ann.keys().collect::<Vec<_>>(), [ANNOTATION_VTEP_MAC]);
+        // The older single-CIDR field, and a Node without spec or status.
+        let slim: SlimNode =
+            serde_json::from_str(r#"{"metadata":{"name":"b"},"spec":{"podCIDR":"10.1.0.0/24"}}"#)
+                .unwrap();
+        assert_eq!(slim.pod_cidrs, ["10.1.0.0/24"]);
+        let slim: SlimNode = serde_json::from_str(r#"{"metadata":{"name":"c"}}"#).unwrap();
+        assert!(slim.pod_cidrs.is_empty() && slim.internal_ips.is_empty());
     }
 
     /// A heartbeat or an unrelated annotation leaves the facts equal: no peer work.
