@@ -366,18 +366,19 @@ pub fn rule_statements(rule: &Rule) -> Vec<Statement<'static>> {
         .matches
         .iter()
         .map(|m| match m {
-            Match::EstablishedRelated => eq(
-                Expression::Named(NamedExpression::CT(CT {
+            // `in`: a flags test (`==` with a list would compare the whole value).
+            Match::EstablishedRelated => Statement::Match(NftMatch {
+                left: Expression::Named(NamedExpression::CT(CT {
                     key: "state".into(),
                     family: None,
                     dir: None,
                 })),
-                Expression::List(vec![
+                right: Expression::List(vec![
                     Expression::String("established".into()),
                     Expression::String("related".into()),
                 ]),
-                false,
-            ),
+                op: Operator::IN,
+            }),
             Match::NeighbourDiscovery => eq(
                 payload("icmpv6", "type"),
                 Expression::Named(NamedExpression::Set(

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod cases;
+pub mod lab;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
