@@ -274,3 +274,163 @@ pub fn evaluate(
         ingress,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Labels, Namespace, Namespaces, PodSet, PortSpec, Selector};
+
+    fn pod(ns: &str, name: &str, ip: &str, local: bool, host_network: bool) -> Pod {
+        Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            labels: Labels::from([("pod".to_string(), name.to_string())]),
+            ips: vec![ip.parse().unwrap()],
+            named_ports: vec![],
+            local,
+            host_network,
+        }
+    }
+
+    fn model() -> Model {
+        let mut m = Model::new();
+        m.set_namespace(Namespace::new("x", Labels::new()));
+        m.set_namespace(Namespace::new("y", Labels::new()));
+        m.set_pod(pod("x", "a", "10.0.1.2", true, false));
+        m.set_pod(pod("y", "b", "10.0.2.2", false, false));
+        m.set_pod(pod("y", "hn", "192.168.0.2", false, true));
+        m.set_pod(pod("x", "hn-local", "192.168.0.1", true, true));
+        m
+    }
+
+    fn k(ns: &str, n: &str) -> Endpoint {
+        Endpoint::Pod(Key::new(ns, n))
+    }
+
+    #[test]
+    fn reasons_name_the_isolating_policies_and_the_admitting_rule() {
+        let mut m = model();
+        m.set_policy(Policy::new(
+            "x",
+            "deny-all",
+            Selector::all(),
+            None,
+            vec![],
+            vec![],
+        ));
+        let v = evaluate(&m, &k("y", "b"), &k("x", "a"), Protocol::Tcp, 80);
+        assert!(!v.allowed);
+        assert_eq!(
+            v.to_string(),
+            "denied: x/a is isolated for ingress by [x/deny-all]; no rule admits y/b"
+        );
+        m.set_policy(Policy::new(
+            "x",
+            "allow-y",
+            Selector::labels([("pod", "a")]),
+            None,
+            vec![
+                Rule {
+                    peers: vec![],
+                    ports: vec![PortSpec::number(Protocol::Udp, 53)],
+                },
+                Rule {
+                    peers: vec![Peer::Pods(PodSet {
+                        namespaces: Namespaces::Selected(Selector::labels([(
+                            crate::model::NAMESPACE_NAME_LABEL,
+                            "y",
+                        )])),
+                        pods: Selector::all(),
+                    })],
+                    ports: vec![],
+                },
+            ],
+            vec![],
+        ));
+        let v = evaluate(&m, &k("y", "b"), &k("x", "a"), Protocol::Tcp, 80);
+        assert!(v.allowed);
+        assert_eq!(
+            v.ingress,
+            Decision::Admitted {
+                isolated_by: vec![Key::new("x", "allow-y"), Key::new("x", "deny-all")],
+                policy: Key::new("x", "allow-y"),
+                rule: 1,
+                rule_text: "namespaceSelector kubernetes.io/metadata.name=y; all ports".into(),
+            }
+        );
+        assert_eq!(
+            v.to_string(),
+            "allowed; egress: y/b is not isolated; ingress: by x/allow-y, ingress rule 1 \
+             (namespaceSelector kubernetes.io/metadata.name=y; all ports)"
+        );
+    }
+
+    #[test]
+    fn own_node_always_reaches_its_pods_and_host_network_pods_are_nodes() {
+        let mut m = model();
+        m.set_policy(Policy::new(
+            "x",
+            "deny-all",
+            Selector::all(),
+            None,
+            vec![],
+            vec![],
+        ));
+        let node = Endpoint::LocalNode("192.168.0.1".parse().unwrap());
+        let v = evaluate(&m, &node, &k("x", "a"), Protocol::Tcp, 80);
+        assert!(v.allowed);
+        assert_eq!(v.ingress, Decision::Exempt("from the pod's own node"));
+        // A local hostNetwork pod is the local node.
+        assert!(evaluate(&m, &k("x", "hn-local"), &k("x", "a"), Protocol::Tcp, 80).allowed);
+        // Another node's hostNetwork pod is that node's address: not exempt, not a pod.
+        let v = evaluate(&m, &k("y", "hn"), &k("x", "a"), Protocol::Tcp, 80);
+        assert!(!v.allowed);
+        assert_eq!(v.src, "192.168.0.2");
+        // A policy never selects a hostNetwork pod.
+        m.set_policy(Policy::new(
+            "y",
+            "deny-all",
+            Selector::all(),
+            None,
+            vec![],
+            vec![],
+        ));
+        assert_eq!(
+            evaluate(&m, &k("x", "a"), &k("y", "hn"), Protocol::Tcp, 80).ingress,
+            Decision::NotAPod
+        );
+        // A pod always reaches itself.
+        assert!(evaluate(&m, &k("x", "a"), &k("x", "a"), Protocol::Tcp, 80).allowed);
+    }
+
+    #[test]
+    fn egress_denial_and_external_addresses() {
+        let mut m = model();
+        m.set_policy(Policy::new(
+            "x",
+            "only-dns",
+            Selector::all(),
+            Some(&[Direction::Egress]),
+            vec![],
+            vec![Rule {
+                peers: vec![Peer::IpBlock(
+                    crate::model::IpBlock::new("8.8.8.0/24".parse().unwrap(), vec![]).unwrap(),
+                )],
+                ports: vec![PortSpec::number(Protocol::Udp, 53)],
+            }],
+        ));
+        let ext = |ip: &str| Endpoint::Ip(ip.parse().unwrap());
+        assert!(evaluate(&m, &k("x", "a"), &ext("8.8.8.8"), Protocol::Udp, 53).allowed);
+        assert!(!evaluate(&m, &k("x", "a"), &ext("8.8.8.8"), Protocol::Tcp, 53).allowed);
+        let v = evaluate(&m, &k("x", "a"), &k("y", "b"), Protocol::Udp, 53);
+        assert_eq!(
+            v.to_string(),
+            "denied: x/a is isolated for egress by [x/only-dns]; no rule admits y/b"
+        );
+        // By IP, a pod's address resolves to the pod.
+        assert_eq!(
+            evaluate(&m, &ext("10.0.2.2"), &ext("10.0.1.2"), Protocol::Tcp, 1).src,
+            "y/b"
+        );
+    }
+}

@@ -365,3 +365,141 @@ fn convert_port(port: &net::NetworkPolicyPort, f: &str) -> Result<PortSpec, (Str
         end_port,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn np(spec: serde_json::Value) -> Result<Policy, ConversionError> {
+        let obj: net::NetworkPolicy = serde_json::from_value(json!({
+            "metadata": { "namespace": "x", "name": "p" }, "spec": spec,
+        }))
+        .unwrap();
+        policy(&obj)
+    }
+
+    fn err(spec: serde_json::Value) -> String {
+        np(spec).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn invalid_policies_name_object_and_field() {
+        assert_eq!(
+            err(json!({ "podSelector": {}, "ingress": [{ "from": [{}, { "ipBlock": { "cidr": "10.0.0.0/33" } }] }] })),
+            "NetworkPolicy x/p: spec.ingress[0].from[0]: a peer needs podSelector, namespaceSelector or ipBlock"
+        );
+        assert_eq!(
+            err(
+                json!({ "podSelector": {}, "egress": [{ "to": [{ "ipBlock": { "cidr": "10.0.0.0/33" } }] }] })
+            ),
+            "NetworkPolicy x/p: spec.egress[0].to[0].ipBlock.cidr: invalid CIDR \"10.0.0.0/33\""
+        );
+        assert!(err(json!({ "podSelector": { "matchExpressions": [{ "key": "a", "operator": "Equals", "values": ["b"] }] } }))
+            .contains("spec.podSelector.matchExpressions[0].operator: unknown operator \"Equals\""));
+        assert!(err(
+            json!({ "podSelector": { "matchExpressions": [{ "key": "a", "operator": "In" }] } })
+        )
+        .contains("In needs at least one value"));
+        assert!(err(json!({ "podSelector": { "matchExpressions": [{ "key": "a", "operator": "Exists", "values": ["b"] }] } }))
+            .contains("Exists takes no values"));
+        assert!(err(json!({ "podSelector": {}, "ingress": [{ "ports": [{ "port": "web", "endPort": 90 }] }] }))
+            .contains("spec.ingress[0].ports[0].endPort: endPort needs a numeric port"));
+        assert!(err(
+            json!({ "podSelector": {}, "ingress": [{ "ports": [{ "port": 90, "endPort": 80 }] }] })
+        )
+        .contains("80 is below port 90"));
+        assert!(err(
+            json!({ "podSelector": {}, "ingress": [{ "ports": [{ "protocol": "ICMP" }] }] })
+        )
+        .contains("unknown protocol \"ICMP\""));
+        assert!(
+            err(json!({ "podSelector": {}, "ingress": [{ "ports": [{ "port": 70000 }] }] }))
+                .contains("70000 is not a port")
+        );
+        assert!(err(json!({ "podSelector": {}, "ingress": [{ "from": [{ "ipBlock": { "cidr": "10.0.0.0/8", "except": ["11.0.0.0/24"] } }] }] }))
+            .contains("except 11.0.0.0/24 is not within cidr 10.0.0.0/8"));
+        assert!(
+            err(json!({ "podSelector": {}, "policyTypes": ["Sideways"] }))
+                .contains("spec.policyTypes[0]")
+        );
+    }
+
+    #[test]
+    fn peers_ports_and_defaults() {
+        let p = np(json!({
+            "podSelector": { "matchLabels": { "app": "db" } },
+            "ingress": [{
+                "from": [
+                    { "podSelector": { "matchLabels": { "app": "web" } } },
+                    { "namespaceSelector": {} , "podSelector": { "matchLabels": { "app": "mon" } } },
+                    { "ipBlock": { "cidr": "192.168.1.7/24", "except": ["192.168.1.128/25"] } }],
+                "ports": [{ "port": 5432 }, { "port": "metrics", "protocol": "UDP" }, { "port": 7000, "endPort": 7010, "protocol": "SCTP" }] }]
+        }))
+        .unwrap();
+        assert!(p.isolates_ingress && !p.isolates_egress);
+        let r = &p.ingress[0];
+        assert_eq!(
+            r.peers[0],
+            Peer::Pods(PodSet {
+                namespaces: Namespaces::Named("x".into()),
+                pods: Selector::labels([("app", "web")])
+            })
+        );
+        assert_eq!(
+            r.peers[1],
+            Peer::Pods(PodSet {
+                namespaces: Namespaces::Selected(Selector::all()),
+                pods: Selector::labels([("app", "mon")])
+            })
+        );
+        match &r.peers[2] {
+            Peer::IpBlock(b) => assert_eq!(b.cidr.to_string(), "192.168.1.0/24"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.ports[0], PortSpec::number(Protocol::Tcp, 5432));
+        assert_eq!(r.ports[1], PortSpec::named(Protocol::Udp, "metrics"));
+        assert_eq!(r.ports[2], PortSpec::range(Protocol::Sctp, 7000, 7010));
+        // No podSelector at all (allowed since v1.31's optional field): every pod.
+        assert!(np(json!({})).unwrap().pod_selector.is_all());
+    }
+
+    #[test]
+    fn pods_and_namespaces() {
+        let p: core::Pod = serde_json::from_value(json!({
+            "metadata": { "namespace": "x", "name": "a", "labels": { "pod": "a" } },
+            "spec": { "nodeName": "n1", "containers": [{ "name": "c", "ports": [
+                { "name": "web", "containerPort": 8080 },
+                { "name": "dns", "containerPort": 53, "protocol": "UDP" },
+                { "containerPort": 9 }] }] },
+            "status": { "podIPs": [{ "ip": "10.244.1.5" }, { "ip": "fd00::5" }] }
+        }))
+        .unwrap();
+        let m = pod(&p, "n1").unwrap();
+        assert!(m.local && !m.host_network);
+        assert_eq!(m.ips.len(), 2);
+        assert_eq!(m.named_port("web", Protocol::Tcp), Some(8080));
+        assert_eq!(m.named_port("dns", Protocol::Udp), Some(53));
+        assert_eq!(m.named_ports.len(), 2);
+        assert!(!pod(&p, "n2").unwrap().local);
+
+        let mut done = p.clone();
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert!(pod(&done, "n1").unwrap().ips.is_empty());
+
+        let mut bad = p.clone();
+        bad.status.as_mut().unwrap().pod_ips.as_mut().unwrap()[0].ip = "10.244.1.500".into();
+        assert_eq!(
+            pod(&bad, "n1").unwrap_err().to_string(),
+            "Pod x/a: status.podIPs[0]: invalid IP \"10.244.1.500\""
+        );
+
+        let ns: core::Namespace = serde_json::from_value(
+            json!({ "metadata": { "name": "y", "labels": { "team": "b" } } }),
+        )
+        .unwrap();
+        let ns = namespace(&ns).unwrap();
+        assert_eq!(ns.labels["kubernetes.io/metadata.name"], "y");
+        assert_eq!(ns.labels["team"], "b");
+    }
+}

@@ -619,3 +619,134 @@ impl Model {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn set(v: &[&str]) -> BTreeSet<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn selector_operators() {
+        let pod = l(&[("app", "web"), ("tier", "front")]);
+        assert!(Selector::all().matches(&pod));
+        assert!(Selector::all().matches(&Labels::new()));
+        assert!(Selector::labels([("app", "web")]).matches(&pod));
+        assert!(!Selector::labels([("app", "web"), ("x", "y")]).matches(&pod));
+        let e = |op| Selector::all().with_expression("app", op);
+        assert!(e(Operator::In(set(&["web", "db"]))).matches(&pod));
+        assert!(!e(Operator::In(set(&["db"]))).matches(&pod));
+        assert!(!e(Operator::In(set(&["web"]))).matches(&Labels::new()));
+        assert!(!e(Operator::NotIn(set(&["web"]))).matches(&pod));
+        // Without the key, NotIn holds.
+        assert!(e(Operator::NotIn(set(&["web"]))).matches(&Labels::new()));
+        assert!(e(Operator::Exists).matches(&pod));
+        assert!(!e(Operator::Exists).matches(&Labels::new()));
+        assert!(!e(Operator::DoesNotExist).matches(&pod));
+        assert!(e(Operator::DoesNotExist).matches(&Labels::new()));
+        // Labels and expressions are ANDed.
+        let both = Selector::labels([("tier", "front")]).with_expression("app", Operator::Exists);
+        assert!(both.matches(&pod));
+        assert!(!both.matches(&l(&[("tier", "front")])));
+        assert_eq!(both.to_string(), "tier=front,app");
+    }
+
+    #[test]
+    fn equal_selectors_are_equal_whatever_the_expression_order() {
+        let a = Selector::all()
+            .with_expression("a", Operator::Exists)
+            .with_expression("b", Operator::DoesNotExist);
+        let b = Selector::all()
+            .with_expression("b", Operator::DoesNotExist)
+            .with_expression("a", Operator::Exists);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn policy_types_defaults() {
+        let rule = || vec![Rule::default()];
+        // Unset: Ingress always, Egress only with egress rules.
+        let p = Policy::new("x", "p", Selector::all(), None, vec![], vec![]);
+        assert!(p.isolates_ingress && !p.isolates_egress);
+        let p = Policy::new("x", "p", Selector::all(), None, vec![], rule());
+        assert!(p.isolates_ingress && p.isolates_egress);
+        // Explicit Egress only: ingress rules are ignored and do not isolate.
+        let p = Policy::new(
+            "x",
+            "p",
+            Selector::all(),
+            Some(&[Direction::Egress]),
+            rule(),
+            vec![],
+        );
+        assert!(!p.isolates_ingress && p.isolates_egress);
+        assert!(p.rules(Direction::Ingress).is_empty());
+        assert!(p.rules(Direction::Egress).is_empty());
+    }
+
+    #[test]
+    fn ip_block_is_canonical() {
+        let n = |s: &str| s.parse::<IpNet>().unwrap();
+        let b = IpBlock::new(
+            n("10.1.2.3/16"),
+            vec![n("10.1.20.0/24"), n("10.1.0.0/20"), n("10.1.3.7/32")],
+        )
+        .unwrap();
+        assert_eq!(b.cidr, n("10.1.0.0/16"));
+        // 10.1.3.7 lies in 10.1.0.0/20: dropped, the interval set would refuse the overlap.
+        assert_eq!(b.except, vec![n("10.1.0.0/20"), n("10.1.20.0/24")]);
+        assert!(b.contains(&"10.1.200.1".parse().unwrap()));
+        assert!(!b.contains(&"10.1.3.7".parse().unwrap()));
+        assert!(!b.contains(&"10.2.0.1".parse().unwrap()));
+        let err = IpBlock::new(n("10.1.0.0/16"), vec![n("10.2.0.0/24")]).unwrap_err();
+        assert!(
+            err.contains("10.2.0.0/24 is not within cidr 10.1.0.0/16"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ports_by_number_range_and_name() {
+        let pod = Pod {
+            namespace: "x".into(),
+            name: "a".into(),
+            labels: Labels::new(),
+            ips: vec![],
+            named_ports: vec![NamedPort {
+                name: "web".into(),
+                protocol: Protocol::Tcp,
+                port: 8080,
+            }],
+            local: true,
+            host_network: false,
+        };
+        assert!(PortSpec::number(Protocol::Tcp, 80).matches(Protocol::Tcp, 80, None));
+        assert!(!PortSpec::number(Protocol::Tcp, 80).matches(Protocol::Udp, 80, None));
+        assert!(PortSpec::range(Protocol::Udp, 80, 90).matches(Protocol::Udp, 90, None));
+        assert!(!PortSpec::range(Protocol::Udp, 80, 90).matches(Protocol::Udp, 91, None));
+        assert!(PortSpec::any(Protocol::Sctp).matches(Protocol::Sctp, 9, None));
+        let web = PortSpec::named(Protocol::Tcp, "web");
+        assert!(web.matches(Protocol::Tcp, 8080, Some(&pod)));
+        assert!(!web.matches(Protocol::Tcp, 80, Some(&pod)));
+        assert!(!web.matches(Protocol::Tcp, 8080, None));
+        assert!(!PortSpec::named(Protocol::Udp, "web").matches(Protocol::Udp, 8080, Some(&pod)));
+    }
+
+    #[test]
+    fn namespaces_carry_their_name_label() {
+        let ns = Namespace::new("kube-system", Labels::new());
+        assert_eq!(ns.labels[NAMESPACE_NAME_LABEL], "kube-system");
+        // Also for a namespace the model has not seen (pods can arrive first).
+        let m = Model::new();
+        assert_eq!(m.namespace_labels("y")[NAMESPACE_NAME_LABEL], "y");
+    }
+}

@@ -504,3 +504,87 @@ pub fn set_summary(r: &Ruleset) -> BTreeMap<&'static str, (usize, usize)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{compile, CompileOptions};
+    use crate::model::{Labels, Model, Namespace, Policy, PortSpec, Protocol, Rule, Selector};
+
+    fn sctp_model() -> Model {
+        let mut m = Model::new();
+        m.set_namespace(Namespace::new("x", Labels::new()));
+        m.set_policy(Policy::new(
+            "x",
+            "sctp",
+            Selector::all(),
+            None,
+            vec![Rule {
+                peers: vec![],
+                ports: vec![
+                    PortSpec::range(Protocol::Sctp, 7000, 7010),
+                    PortSpec::number(Protocol::Tcp, 80),
+                ],
+            }],
+            vec![],
+        ));
+        m
+    }
+
+    fn rules_of(json: &Value, chain: &str) -> Vec<String> {
+        json["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.get("add")?.get("rule"))
+            .filter(|r| r["chain"] == chain)
+            .map(|r| r["expr"].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn sctp_rules_are_generated_and_can_be_left_out() {
+        let json = build(&compile(&sctp_model(), &CompileOptions::default())).to_json();
+        let rules = rules_of(&json, "pi_x_sctp");
+        assert!(
+            rules.iter().any(|r| r
+                == r#"[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":"sctp"}},{"match":{"left":{"payload":{"field":"dport","protocol":"th"}},"op":"==","right":{"range":[7000,7010]}}},{"accept":null}]"#),
+            "{rules:#?}"
+        );
+        let json = build(&compile(&sctp_model(), &CompileOptions { sctp: false })).to_json();
+        let rules = rules_of(&json, "pi_x_sctp");
+        assert!(!rules.iter().any(|r| r.contains("sctp")), "{rules:#?}");
+        assert!(
+            rules.iter().any(|r| r.contains(r#""right":"tcp""#)),
+            "{rules:#?}"
+        );
+    }
+
+    #[test]
+    fn build_replaces_the_table_in_one_transaction() {
+        let json = build(&compile(&sctp_model(), &CompileOptions::default())).to_json();
+        let list = json["nftables"].as_array().unwrap();
+        let table = json!({ "family": "inet", "name": "weft-policy" });
+        assert_eq!(list[0], json!({ "add": { "table": table } }));
+        assert_eq!(list[1], json!({ "delete": { "table": table } }));
+        assert_eq!(list[2], json!({ "add": { "table": table } }));
+        // Base chains: established first, then ND, then the dispatch.
+        let ingress = rules_of(&json, "ingress");
+        assert_eq!(ingress.len(), 4);
+        assert!(ingress[0].contains(r#""op":"in""#) && ingress[0].contains("established"));
+        assert!(ingress[1].contains("icmpv6") && ingress[1].contains("133"));
+        assert!(ingress[2].contains(r#""vmap""#) && ingress[2].contains("@in4"));
+        let map = list
+            .iter()
+            .find_map(|o| o.get("add")?.get("map").filter(|m| m["name"] == "in6"))
+            .unwrap();
+        assert_eq!(map["map"], "verdict");
+        assert_eq!(map["type"], "ipv6_addr");
+    }
+
+    #[test]
+    fn diff_of_equal_states_is_empty() {
+        let r = compile(&sctp_model(), &CompileOptions::default());
+        assert!(diff(&r, &r).is_empty());
+    }
+}
