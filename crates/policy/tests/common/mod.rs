@@ -7,6 +7,7 @@
 
 pub mod cases;
 pub mod lab;
+pub mod random;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
