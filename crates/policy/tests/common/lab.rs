@@ -52,6 +52,13 @@ fn net(ip: IpAddr, len: u8) -> IpNet {
     IpNet::new(ip, len).unwrap()
 }
 
+/// Link-local addresses usable at once (no DAD wait) on links made later in this netns:
+/// otherwise the first seconds of IPv6 between nodes are lost to tentative addresses.
+fn no_dad() {
+    weft_netops::sysctl::write("net/ipv6/conf/default/accept_dad", "0").unwrap();
+    weft_netops::sysctl::write("net/ipv6/conf/all/accept_dad", "0").unwrap();
+}
+
 fn in_ns<T>(ns: &Netns, f: impl FnOnce() -> T) -> T {
     weft_netops::run_in(ns.handle(), f).expect("enter netns")
 }
@@ -64,6 +71,7 @@ impl Lab {
             in_ns(&ns, || {
                 weft_netops::sysctl::write("net/ipv4/ip_forward", "1").unwrap();
                 weft_netops::sysctl::write("net/ipv6/conf/all/forwarding", "1").unwrap();
+                no_dad();
             });
             let mut nl = Netlink::in_netns(ns.handle()).unwrap();
             weft_netops::bridge::ensure(
@@ -107,6 +115,19 @@ impl Lab {
                 .unwrap();
             }
         }
+        // Resolve the nodes' neighbours on the underlay now: a forwarded first packet waiting
+        // for IPv6 neighbour discovery between the nodes is lost (the probe would read it as a
+        // denial). The pods' own neighbour discovery still happens under the policies.
+        for (n, other) in [(0usize, 2u8), (1, 1)] {
+            for v6 in [false, true] {
+                let gw = gateway(other, v6);
+                assert!(
+                    weft_lab::probe::ping(nodes[n].ns.handle(), gw),
+                    "node {} -> {gw}",
+                    n + 1
+                );
+            }
+        }
         let mut lab = Lab {
             nodes,
             pods: BTreeMap::new(),
@@ -123,6 +144,7 @@ impl Lab {
         let (ns_name, name) = pod.split_once('/').unwrap();
         let (node, _) = placement(ns_name, name);
         let ns = Netns::new(&format!("wpol-{tag}-{ns_name}{name}")).unwrap();
+        in_ns(&ns, no_dad);
         let node_ns = &self.nodes[usize::from(node - 1)].ns;
         let mut nl = Netlink::in_netns(node_ns.handle()).unwrap();
         let bridge = nl.get_link_by_name("weft0").unwrap().unwrap();
