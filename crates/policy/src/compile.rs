@@ -503,6 +503,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
         }
     }
 
+    let mut dispatch: BTreeMap<(Direction, IpAddr), String> = BTreeMap::new();
     for dir in [Direction::Ingress, Direction::Egress] {
         let mut ns_chains: BTreeMap<&str, Chain> = BTreeMap::new();
         for policy in model.policies.values().filter(|p| p.isolates(dir)) {
@@ -521,9 +522,13 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
             let ns_chain = namespace_chain(dir, &policy.namespace);
             for pod in model.pods_in(&policy.targets()).filter(|p| p.local) {
                 for ip in &pod.ips {
-                    let map = dispatch_map(dir, Family::of(ip));
-                    if let Some(set) = b.out.sets.get_mut(&map) {
-                        set.elements.insert(Element::Jump(*ip, ns_chain.clone()));
+                    let chain = dispatch
+                        .entry((dir, *ip))
+                        .or_insert_with(|| ns_chain.clone());
+                    // Two live pods with one IP (a deletion not seen yet): a map key takes one
+                    // verdict, nft refuses a second. Keep the same one whatever the order.
+                    if ns_chain < *chain {
+                        *chain = ns_chain.clone();
                     }
                 }
             }
@@ -535,6 +540,12 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
                 action: Action::Drop,
             });
             b.out.chains.insert(namespace_chain(dir, ns), chain);
+        }
+    }
+
+    for ((dir, ip), chain) in dispatch {
+        if let Some(set) = b.out.sets.get_mut(&dispatch_map(dir, Family::of(&ip))) {
+            set.elements.insert(Element::Jump(ip, chain));
         }
     }
 
@@ -559,4 +570,42 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
             .insert(named_port_set_name(name, *protocol, Family::V6), v6);
     }
     b.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Labels, Namespace, Pod, Policy, Selector};
+
+    #[test]
+    fn one_dispatch_verdict_per_address() {
+        let mut m = Model::new();
+        for ns in ["x", "y"] {
+            m.set_namespace(Namespace::new(ns, Labels::new()));
+            m.set_policy(Policy::new(
+                ns,
+                "deny",
+                Selector::all(),
+                None,
+                vec![],
+                vec![],
+            ));
+            // The same IP in both namespaces: one pod is gone but its deletion not seen yet.
+            m.set_pod(Pod {
+                namespace: ns.into(),
+                name: "p".into(),
+                labels: Labels::new(),
+                ips: vec!["10.0.0.5".parse().unwrap()],
+                named_ports: vec![],
+                local: true,
+                host_network: false,
+            });
+        }
+        let r = compile(&m, &CompileOptions::default());
+        let elems: Vec<&Element> = r.sets["in4"].elements.iter().collect();
+        assert_eq!(
+            elems,
+            [&Element::Jump("10.0.0.5".parse().unwrap(), "ni_x".into())]
+        );
+    }
 }
