@@ -110,13 +110,16 @@ pub enum Element {
 pub struct Set {
     pub kind: SetKind,
     pub elements: BTreeSet<Element>,
+    /// What the hashed name stands for, shown by `nft list` (for operators and traces).
+    pub comment: String,
 }
 
 impl Set {
-    fn new(kind: SetKind) -> Set {
+    fn new(kind: SetKind, comment: impl Into<String>) -> Set {
         Set {
             kind,
             elements: BTreeSet::new(),
+            comment: comment.into(),
         }
     }
 }
@@ -287,8 +290,8 @@ impl Builder<'_> {
     fn pod_set(&mut self, set: &PodSet, family: Family) -> String {
         if !self.pod_sets.contains_key(set) {
             self.pod_sets.insert(set.clone(), ());
-            let mut v4 = Set::new(SetKind::Addr(Family::V4));
-            let mut v6 = Set::new(SetKind::Addr(Family::V6));
+            let mut v4 = Set::new(SetKind::Addr(Family::V4), set.to_string());
+            let mut v6 = Set::new(SetKind::Addr(Family::V6), set.to_string());
             for pod in members(self.model, set) {
                 for ip in &pod.ips {
                     let s = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
@@ -307,6 +310,7 @@ impl Builder<'_> {
         self.out.sets.entry(b.clone()).or_insert_with(|| Set {
             kind: SetKind::Prefix(family),
             elements: BTreeSet::from([Element::Prefix(block.cidr)]),
+            comment: format!("ipBlock {}", block.cidr),
         });
         if block.except.is_empty() {
             return (b, None);
@@ -314,6 +318,7 @@ impl Builder<'_> {
         self.out.sets.entry(e.clone()).or_insert_with(|| Set {
             kind: SetKind::Prefix(family),
             elements: block.except.iter().map(|n| Element::Prefix(*n)).collect(),
+            comment: format!("ipBlock {} except", block.cidr),
         });
         (b, Some(e))
     }
@@ -498,7 +503,10 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
         for family in Family::BOTH {
             b.out.sets.insert(
                 dispatch_map(dir, family),
-                Set::new(SetKind::Dispatch(family)),
+                Set::new(
+                    SetKind::Dispatch(family),
+                    format!("local pods isolated for {dir}"),
+                ),
             );
         }
     }
@@ -552,8 +560,9 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
     // Named ports: (IP . number) of each pod declaring the name, in one shared set per name.
     let wanted = std::mem::take(&mut b.named_ports);
     for (name, protocol) in &wanted {
-        let mut v4 = Set::new(SetKind::AddrPort(Family::V4));
-        let mut v6 = Set::new(SetKind::AddrPort(Family::V6));
+        let comment = format!("named port {name}/{}", protocol.as_str());
+        let mut v4 = Set::new(SetKind::AddrPort(Family::V4), comment.clone());
+        let mut v6 = Set::new(SetKind::AddrPort(Family::V6), comment);
         for pod in model.pods.values().filter(|p| !p.host_network) {
             if let Some(port) = pod.named_port(name, *protocol) {
                 for ip in &pod.ips {

@@ -253,7 +253,12 @@ fn addr_type(f: Family) -> SetType {
     }
 }
 
-fn set_obj(name: &str, kind: SetKind, elements: Option<Vec<Expression<'static>>>) -> Value {
+fn set_obj(
+    name: &str,
+    kind: SetKind,
+    elements: Option<Vec<Expression<'static>>>,
+    comment: Option<&str>,
+) -> Value {
     let obj = |set_type, flags: Option<SetFlag>| {
         NfObject::ListObject(NfListObject::Set(Box::new(NftSet {
             family: NfFamily::INet,
@@ -267,7 +272,7 @@ fn set_obj(name: &str, kind: SetKind, elements: Option<Vec<Expression<'static>>>
             timeout: None,
             gc_interval: None,
             size: None,
-            comment: None,
+            comment: comment.map(|c| Cow::Owned(c.to_string())),
         })))
     };
     let value = match kind {
@@ -288,6 +293,9 @@ fn set_obj(name: &str, kind: SetKind, elements: Option<Vec<Expression<'static>>>
             });
             if let Some(e) = elements {
                 map["elem"] = serde_json::to_value(e).unwrap_or_default();
+            }
+            if let Some(c) = comment {
+                map["comment"] = json!(c);
             }
             return json!({ "map": map });
         }
@@ -457,7 +465,14 @@ fn render(c: &Command, out: &mut Vec<Value>) {
         }
         Command::AddSet(name, set) => {
             let elems: Vec<Expression<'static>> = set.elements.iter().map(element_expr).collect();
-            let obj = set_obj(name, set.kind, (!elems.is_empty()).then_some(elems));
+            // nft limits comments to 128 bytes.
+            let comment: String = set.comment.chars().take(120).collect();
+            let obj = set_obj(
+                name,
+                set.kind,
+                (!elems.is_empty()).then_some(elems),
+                (!comment.is_empty()).then_some(comment.as_str()),
+            );
             out.push(json!({ "add": obj }));
         }
         Command::AddElements(name, _, e) => {
@@ -482,7 +497,7 @@ fn render(c: &Command, out: &mut Vec<Value>) {
             name, None,
         ))))),
         Command::DeleteSet(name, kind) => {
-            let obj = set_obj(name, *kind, None);
+            let obj = set_obj(name, *kind, None, None);
             out.push(json!({ "delete": obj }));
         }
     }

@@ -347,3 +347,40 @@ fn rebuild_leaves_no_open_window() {
         tries.load(Ordering::Relaxed)
     );
 }
+
+/// The table as nft prints it reads as designed (what an operator sees with
+/// `nft list table inet weft-policy`).
+#[test]
+fn listing_reads_as_designed() {
+    let mut lab = Lab::new("list");
+    let mut model = xyz_model(1);
+    model.set_policy(common::np("x", "web", serde_json::json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "ns": "y" } } }, { "ipBlock": { "cidr": "10.244.2.0/24", "except": ["10.244.2.14/32"] } }],
+                      "ports": [{ "port": "serve-80-tcp" }, { "port": 81, "endPort": 82, "protocol": "UDP" }] }],
+        "egress": [{ "to": [{ "podSelector": {} }] }] })));
+    lab.apply(&model, &no_sctp());
+    let out = weft_lab::ns::enter_command(lab.node_ns(1).handle(), "nft")
+        .args(["list", "table", "inet", "weft-policy"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    for want in [
+        "type filter hook forward priority filter; policy accept;",
+        "type filter hook forward priority filter - 1; policy accept;",
+        "type filter hook input priority filter - 1; policy accept;",
+        "ct state established,related accept",
+        "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept",
+        "ip daddr vmap @in4",
+        "ip6 saddr vmap @eg6",
+        "10.244.1.10 : jump ni_x",
+        "jump pi_x_web",
+        "udp dport 81-82 accept",
+        "ip daddr . tcp dport @n4_",
+        "ip saddr != @e4_",
+        "drop",
+    ] {
+        assert!(text.contains(want), "{want:?} not in\n{text}");
+    }
+}
