@@ -97,7 +97,10 @@ fn main() {
         .collect();
     let pods = args.first().copied().unwrap_or(10_000);
     let policies = args.get(1).copied().unwrap_or(1_000);
-    let opts = CompileOptions { sctp: false };
+    let opts = CompileOptions {
+        sctp: false,
+        ..Default::default()
+    };
 
     let t = Instant::now();
     let m = model(pods, policies);

@@ -61,12 +61,26 @@ pub struct CompileOptions {
     /// rules are plain `meta l4proto 132` matches, but nothing should be loaded that the
     /// kernel cannot exercise. Rules whose ports are all SCTP then admit nothing, as before.
     pub sctp: bool,
+    /// This node's pod CIDRs, for the first-packet guarantee: on the forward hook, a packet
+    /// from or to an address in them that no local pod of the model holds is dropped. weftd
+    /// puts a pod in the model (labels from CNI ADD's K8S_POD_NAMESPACE/NAME and its informer,
+    /// IP from IPAM) before ADD returns; until then the pod can neither send nor be reached.
+    /// Empty: no such rule (an unknown local address is treated as outside every pod).
+    pub fail_closed: Vec<IpNet>,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { sctp: true }
+        CompileOptions {
+            sctp: true,
+            fail_closed: Vec::new(),
+        }
     }
+}
+
+/// The set of local pod IPs the model knows, per family (fail-closed).
+pub fn known_set(family: Family) -> String {
+    format!("known{}", family.digit())
 }
 
 /// A base chain's hook. Both policy hooks drop only; an accept in them never skips the other
@@ -145,6 +159,8 @@ pub enum Match {
     },
     /// `meta l4proto tcp`
     L4Proto(Protocol),
+    /// `ip saddr 10.244.1.0/24`
+    InPrefix { field: AddrField, net: IpNet },
     /// `th dport first-last` (first == last: one port)
     DPort(u16, u16),
     /// `ip daddr . th dport @set` (named ports)
@@ -442,7 +458,7 @@ impl Builder<'_> {
     }
 }
 
-fn base_chain(hook: Hook, dir: Direction) -> Chain {
+fn base_chain(hook: Hook, dir: Direction, fail_closed: &[IpNet]) -> Chain {
     let field = match dir {
         Direction::Ingress => AddrField::Dst,
         Direction::Egress => AddrField::Src,
@@ -468,6 +484,25 @@ fn base_chain(hook: Hook, dir: Direction) -> Chain {
             },
         });
     }
+    // Only on forward: on input the node's own addresses in the CIDR (the gateway) are
+    // sources too, and the node is trusted anyway.
+    if matches!(hook, Hook::Forward(_)) {
+        for net in fail_closed {
+            let family = Family::of(&net.addr());
+            rules.push(Rule {
+                matches: vec![
+                    Match::InPrefix { field, net: *net },
+                    Match::InSet {
+                        family,
+                        field,
+                        set: known_set(family),
+                        negate: true,
+                    },
+                ],
+                action: Action::Drop,
+            });
+        }
+    }
     Chain {
         hook: Some(hook),
         rules,
@@ -489,15 +524,23 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
     };
     b.out.chains.insert(
         CHAIN_INGRESS.into(),
-        base_chain(Hook::Forward(PRIO_INGRESS), Direction::Ingress),
+        base_chain(
+            Hook::Forward(PRIO_INGRESS),
+            Direction::Ingress,
+            &opts.fail_closed,
+        ),
     );
     b.out.chains.insert(
         CHAIN_EGRESS.into(),
-        base_chain(Hook::Forward(PRIO_EGRESS), Direction::Egress),
+        base_chain(
+            Hook::Forward(PRIO_EGRESS),
+            Direction::Egress,
+            &opts.fail_closed,
+        ),
     );
     b.out.chains.insert(
         CHAIN_EGRESS_LOCAL.into(),
-        base_chain(Hook::Input(PRIO_EGRESS), Direction::Egress),
+        base_chain(Hook::Input(PRIO_EGRESS), Direction::Egress, &[]),
     );
     for dir in [Direction::Ingress, Direction::Egress] {
         for family in Family::BOTH {
@@ -511,6 +554,15 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
         }
     }
 
+    for family in Family::BOTH {
+        let mut known = Set::new(SetKind::Addr(family), "local pods known to the model");
+        for pod in model.pods.values().filter(|p| p.local && !p.host_network) {
+            for ip in pod.ips.iter().filter(|ip| Family::of(ip) == family) {
+                known.elements.insert(Element::Addr(*ip));
+            }
+        }
+        b.out.sets.insert(known_set(family), known);
+    }
     let mut dispatch: BTreeMap<(Direction, IpAddr), String> = BTreeMap::new();
     for dir in [Direction::Ingress, Direction::Egress] {
         let mut ns_chains: BTreeMap<&str, Chain> = BTreeMap::new();

@@ -402,6 +402,14 @@ pub fn rule_statements(rule: &Rule) -> Vec<Statement<'static>> {
                 set,
                 negate,
             } => eq(addr_payload(*family, *field), set_ref(set), *negate),
+            Match::InPrefix { field, net } => eq(
+                addr_payload(Family::of(&net.addr()), *field),
+                Expression::Named(NamedExpression::Prefix(Prefix {
+                    addr: Box::new(Expression::String(Cow::Owned(net.addr().to_string()))),
+                    len: net.prefix_len().into(),
+                })),
+                false,
+            ),
             Match::L4Proto(p) => eq(
                 Expression::Named(NamedExpression::Meta(Meta {
                     key: MetaKey::L4proto,
@@ -566,7 +574,14 @@ mod tests {
                 == r#"[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":"sctp"}},{"match":{"left":{"payload":{"field":"dport","protocol":"th"}},"op":"==","right":{"range":[7000,7010]}}},{"accept":null}]"#),
             "{rules:#?}"
         );
-        let json = build(&compile(&sctp_model(), &CompileOptions { sctp: false })).to_json();
+        let json = build(&compile(
+            &sctp_model(),
+            &CompileOptions {
+                sctp: false,
+                ..Default::default()
+            },
+        ))
+        .to_json();
         let rules = rules_of(&json, "pi_x_sctp");
         assert!(!rules.iter().any(|r| r.contains("sctp")), "{rules:#?}");
         assert!(

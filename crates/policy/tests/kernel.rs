@@ -11,7 +11,10 @@ use common::{eval_matrix, explain, xyz_model, Truth};
 use weft_policy::{CompileOptions, Model, Protocol};
 
 fn no_sctp() -> CompileOptions {
-    CompileOptions { sctp: false }
+    CompileOptions {
+        sctp: false,
+        ..Default::default()
+    }
 }
 
 /// Kernel matrix vs `expected`; a "denied" where `expected` allows is probed again slowly so a
@@ -383,4 +386,49 @@ fn listing_reads_as_designed() {
     ] {
         assert!(text.contains(want), "{want:?} not in\n{text}");
     }
+}
+
+/// The first-packet guarantee's kernel side: with `fail_closed` on the node's pod CIDRs, a
+/// local pod the model does not know yet can neither send nor be reached, even with no policy
+/// at all; once it is in the model it is treated by the policies like any other.
+#[test]
+fn unknown_local_pods_fail_closed() {
+    use common::lab::probe_async;
+    use std::time::Duration;
+
+    let mut lab = Lab::new("fc");
+    let opts = CompileOptions {
+        sctp: false,
+        // Lab::apply puts each node's own CIDRs here.
+        fail_closed: vec!["0.0.0.0/0".parse().unwrap()],
+    };
+    let mut model = xyz_model(1);
+    let xa = model.remove_pod(&common::key("x/a")).unwrap();
+    lab.apply(&model, &opts);
+    fn tcp(lab: &Lab, from: &str, to: &str, ms: u64) -> bool {
+        let (ns, p) = to.split_once('/').unwrap();
+        probe_async(
+            lab.pods[from].handle(),
+            common::pod_v4(ns, p),
+            Protocol::Tcp,
+            80,
+            Duration::from_millis(ms),
+        )
+        .join()
+        .unwrap()
+    }
+    for other in ["x/b", "z/a"] {
+        assert!(!tcp(&lab, other, "x/a", 500), "{other} reached unknown x/a");
+        assert!(!tcp(&lab, "x/a", other, 500), "unknown x/a reached {other}");
+    }
+    assert!(tcp(&lab, "x/b", "z/a", 2000), "known pods are cut off");
+    // Known now (no policy): open.
+    model.set_pod(xa);
+    let stats = lab.apply(&model, &opts);
+    assert!(stats.iter().all(|s| !s.full), "not a diff");
+    assert!(
+        tcp(&lab, "x/b", "x/a", 2000)
+            && tcp(&lab, "x/a", "z/a", 2000)
+            && tcp(&lab, "z/a", "x/a", 2000)
+    );
 }

@@ -218,7 +218,16 @@ impl Lab {
             for p in m.pods.values_mut() {
                 p.local = placement(&p.namespace, &p.name).0 == i as u8 + 1;
             }
-            let desired = compile(&m, opts);
+            let mut opts = opts.clone();
+            if !opts.fail_closed.is_empty() {
+                // Each node fails closed on its own pod CIDRs.
+                let n = i as u8 + 1;
+                opts.fail_closed = vec![
+                    net(gateway(n, false), 24).trunc(),
+                    net(gateway(n, true), 64).trunc(),
+                ];
+            }
+            let desired = compile(&m, &opts);
             let applier = &mut node.applier;
             let s = weft_netops::run_in(node.ns.handle(), || applier.apply(&desired))
                 .unwrap()
