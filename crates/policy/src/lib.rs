@@ -40,6 +40,9 @@
 //!   port name and protocol, so one name may be different numbers on different pods.
 //! * O(change): pods and namespace labels only change set and map elements; a policy change
 //!   rewrites only its own chains (and adds or removes its jump in its namespace's chain).
+//! * [`CompileOptions::fail_closed`] (the node's pod CIDRs): local addresses the model does not
+//!   know are dropped both ways on the forward hook, the kernel side of the first-packet
+//!   guarantee (weftd puts a pod in the model before CNI ADD returns).
 //! * SCTP rules are generated (`meta l4proto sctp th dport ...`); [`CompileOptions::sctp`]
 //!   leaves them out for kernels without SCTP (the lab machine: its tests read the JSON).
 
