@@ -1,0 +1,143 @@
+//! The kernel side: runs a [`Batch`] as one `nft -j -f -` transaction (argv only, JSON on
+//! stdin, nft's stderr kept for the error) and remembers what it programmed, so each event is
+//! a diff against that record and never a dump of the kernel.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::compile::Ruleset;
+use crate::nft::{build, diff, Batch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} -j -f - failed ({status}) on a batch of {commands} commands: {stderr}")]
+    Nft {
+        program: String,
+        status: std::process::ExitStatus,
+        commands: usize,
+        stderr: String,
+    },
+}
+
+/// Programs `inet weft-policy` in the calling thread's network namespace.
+#[derive(Debug, Clone)]
+pub struct Applier {
+    nft: String,
+    /// What the kernel holds since the last successful batch; `None` before the first build.
+    programmed: Option<Ruleset>,
+}
+
+/// What one [`Applier::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApplyStats {
+    pub commands: usize,
+    pub elements: usize,
+    pub json_bytes: usize,
+    /// The table was rebuilt (first call, or after a failure).
+    pub full: bool,
+}
+
+impl Default for Applier {
+    fn default() -> Self {
+        Applier::new()
+    }
+}
+
+impl Applier {
+    pub fn new() -> Applier {
+        Applier::with_program("nft")
+    }
+
+    pub fn with_program(nft: impl Into<String>) -> Applier {
+        Applier {
+            nft: nft.into(),
+            programmed: None,
+        }
+    }
+
+    pub fn programmed(&self) -> Option<&Ruleset> {
+        self.programmed.as_ref()
+    }
+
+    /// Make the kernel hold `desired`: the first call (and the first after a failure)
+    /// replaces the whole table in one transaction; later calls send only the diff against
+    /// the last programmed state. On error nothing of the batch is applied (nft transactions
+    /// are atomic) and the next call rebuilds.
+    pub fn apply(&mut self, desired: &Ruleset) -> Result<ApplyStats, ApplyError> {
+        let (batch, full) = match &self.programmed {
+            Some(old) => (diff(old, desired), false),
+            None => (build(desired), true),
+        };
+        if batch.is_empty() {
+            return Ok(ApplyStats::default());
+        }
+        let stats = self.run(&batch).inspect_err(|_| self.programmed = None)?;
+        self.programmed = Some(desired.clone());
+        Ok(ApplyStats { full, ..stats })
+    }
+
+    /// Run one batch as is.
+    pub fn run(&self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
+        let json = batch.to_json().to_string();
+        run_nft(&self.nft, &json, batch.commands.len())?;
+        Ok(ApplyStats {
+            commands: batch.commands.len(),
+            elements: batch.element_count(),
+            json_bytes: json.len(),
+            full: false,
+        })
+    }
+
+    /// Delete the table (absent is fine).
+    pub fn remove(&mut self) -> Result<(), ApplyError> {
+        let batch = Batch {
+            commands: vec![crate::nft::Command::ResetTable],
+        };
+        let mut doc = batch.to_json();
+        // ResetTable ends with an add: drop it, leaving add (so delete cannot fail) + delete.
+        if let Some(list) = doc["nftables"].as_array_mut() {
+            list.pop();
+        }
+        run_nft(&self.nft, &doc.to_string(), 2)?;
+        self.programmed = None;
+        Ok(())
+    }
+}
+
+fn run_nft(program: &str, json: &str, commands: usize) -> Result<(), ApplyError> {
+    let spawn_err = |source| ApplyError::Spawn {
+        program: program.to_string(),
+        source,
+    };
+    let mut child = Command::new(program)
+        .args(["-j", "-f", "-"])
+        .env("LC_ALL", "C")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    // Write from another thread: nft may print errors before reading all its input.
+    let output = std::thread::scope(|s| {
+        let mut stdin = child.stdin.take();
+        let writer = s.spawn(move || stdin.as_mut().map(|p| p.write_all(json.as_bytes())));
+        let out = child.wait_with_output();
+        let _ = writer.join();
+        out
+    })
+    .map_err(spawn_err)?;
+    if !output.status.success() {
+        return Err(ApplyError::Nft {
+            program: program.to_string(),
+            status: output.status,
+            commands,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
