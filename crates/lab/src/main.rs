@@ -196,6 +196,19 @@ fn demo(args: &LabArgs, strict: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.datastore == DatastoreKind::Kubernetes {
+        // The seeds' scenario as a user sees it.
+        for a in [
+            &["get", "nodes", "-o", "wide"][..],
+            &["get", "pods", "-A", "-o", "wide"][..],
+        ] {
+            println!("$ kubectl {}", a.join(" "));
+            match c.kubectl(a) {
+                Ok(out) => print!("{out}"),
+                Err(e) => eprintln!("weft-lab: {e}"),
+            }
+        }
+    }
     let rows = match c.connectivity_matrix() {
         Ok(rows) => rows,
         Err(e) => {

@@ -21,11 +21,11 @@ use k8s_cri::v1::{
     RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest,
 };
 use std::net::IpAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint, Uri};
+use weft_lab::proc::Proc;
 use weft_lab::{probe, Cluster, DatastoreKind, LabConfig};
 use weft_netops::Netlink;
 
@@ -135,7 +135,7 @@ fn build_pause_image(dir: &Path) -> PathBuf {
 /// containerd in a node's netns; on drop: every sandbox stopped and removed through the CRI,
 /// then containerd stopped, then any shim left killed.
 struct Containerd {
-    child: Child,
+    child: Proc,
     dir: PathBuf,
     sock: PathBuf,
     rt: tokio::runtime::Runtime,
@@ -181,23 +181,11 @@ disabled_plugins = [
         );
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
         let mut cmd = node.netns.command(CONTAINERD);
-        cmd.arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; containerd dies with the test process.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("start containerd");
+        cmd.arg("--config").arg(&config_path);
+        // The lab's process guard: dies with the test process, stopped on drop.
+        let child = Proc::start("containerd", cmd, Some(&dir.join("containerd.log")))
+            .unwrap_or_else(|e| panic!("{e}"));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -210,7 +198,7 @@ disabled_plugins = [
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !c.sock.exists() {
-            if let Ok(Some(status)) = c.child.try_wait() {
+            if let Some(status) = c.child.exited() {
                 panic!("containerd exited with {status}:\n{}", c.log());
             }
             assert!(
@@ -273,7 +261,7 @@ disabled_plugins = [
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
+        if self.child.exited().is_none() {
             let mut client = self.client();
             let rt = &self.rt;
             if let Ok(list) =
@@ -291,15 +279,9 @@ impl Drop for Containerd {
             }
         }
         let shims = self.shim_pids();
-        // SAFETY: plain kill(2) on our own child, then on shims it started for us.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.stop(Duration::from_secs(5));
         for pid in shims {
+            // SAFETY: plain kill(2) on the shims our containerd started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         // Rootfs bind mounts of a sandbox that could not be removed.

@@ -467,3 +467,282 @@ fn kube_datastore_node_recreated_with_new_pod_cidr_and_rbac_removed() {
         },
     );
 }
+
+/// `ping -i 0.1` from a pod's netns until stopped: (transmitted, received).
+struct Pinger(std::process::Child);
+
+impl Pinger {
+    fn start(from: &weft_netops::netns::NetNs, to: std::net::IpAddr) -> Pinger {
+        Pinger(
+            enter_command(from, "ping")
+                .args(["-n", "-i", "0.1", "-W", "1"])
+                .arg(to.to_string())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn stop(self) -> (u32, u32) {
+        // SAFETY: plain kill(2) on our own child: SIGINT makes ping print its summary.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let out = self.0.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let summary = text
+            .lines()
+            .find(|l| l.contains("transmitted"))
+            .unwrap_or_else(|| panic!("no ping summary: {text}"));
+        let num = |i: usize| -> u32 {
+            summary
+                .split(", ")
+                .nth(i)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (num(0), num(1))
+    }
+}
+
+fn assert_no_loss(what: &str, (tx, rx): (u32, u32)) {
+    eprintln!("{what}: {tx} pings, {} lost", tx - rx);
+    assert!(tx > 10, "{what}: only {tx} pings sent");
+    assert_eq!(tx, rx, "{what}: {} of {tx} pings lost", tx - rx);
+}
+
+/// weft's routes (protocol 87) and the permanent neighbours and FDB entries on its VTEP.
+fn weft_kernel_objects(ns: &weft_netops::netns::NetNs) -> Vec<String> {
+    let mut nl = weft_netops::Netlink::in_netns(ns).unwrap();
+    let mut out: Vec<String> = nl
+        .list_routes(None, Some(254))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.protocol == 87)
+        .map(|r| format!("route {}", r.dst))
+        .collect();
+    if let Some(vtep) = nl.get_link_by_name("weft.1").unwrap() {
+        out.extend(
+            nl.list_neighbours(Some(vtep.index))
+                .unwrap()
+                .into_iter()
+                .filter(|n| n.state & weft_netops::netlink::NUD_PERMANENT != 0)
+                .map(|n| format!("neighbour {}", n.ip)),
+        );
+        out.extend(
+            nl.list_fdb(vtep.index)
+                .unwrap()
+                .into_iter()
+                .filter(|f| f.dst.is_some() && f.mac != [0; 6])
+                .map(|f| format!("fdb {:?}", f.dst)),
+        );
+    }
+    out
+}
+
+#[test]
+fn pods_keep_their_network_through_apiserver_crash_kubelet_restart_and_weft_rolling_update() {
+    let mut c = Cluster::build(kube(2, true)).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    let a = c.add_kube_pod("n1", "a").unwrap_or_else(|e| panic!("{e}"));
+    let b = c.add_kube_pod("n2", "b").unwrap_or_else(|e| panic!("{e}"));
+    let far = c
+        .add_kube_pod("n3", "far")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (b_ip, far_ip) = (b.ipv4().unwrap(), far.ipv4().unwrap());
+
+    // kube-apiserver kill -9 and restart: the data path does not depend on it.
+    let p = Pinger::start(a.ns(), b_ip);
+    c.kube_mut()
+        .unwrap()
+        .cp
+        .restart_apiserver()
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_no_loss("apiserver kill -9 and restart", p.stop());
+
+    // Its watch resumed after an etcd compaction: 410 Gone, weftd lists again, and still
+    // follows changes: annotations removed by hand come back.
+    let kube_etcd = |args: &[&str]| -> String {
+        let out = enter_command(c.underlay.handle(), "etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints=http://127.0.0.1:12379")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let st: Value =
+        serde_json::from_str(&kube_etcd(&["endpoint", "status", "-w", "json"])).unwrap();
+    let rev = st[0]["Status"]["header"]["revision"].as_u64().unwrap();
+    kube_etcd(&["compact", &rev.to_string()]);
+    c.kube_mut()
+        .unwrap()
+        .cp
+        .restart_apiserver()
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.kubectl(&[
+        "annotate",
+        "node",
+        "n2",
+        "weft.dev/underlay-ip-",
+        "weft.dev/vtep-mac-",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(
+        "weftd on n2 restores its annotations",
+        Duration::from_secs(60),
+        || {
+            let n = c.control_plane().unwrap().get_json(&["node", "n2"])?;
+            let ann = &n["metadata"]["annotations"];
+            if ann["weft.dev/underlay-ip"] == "192.168.77.12"
+                && ann["weft.dev/vtep-mac"].is_string()
+            {
+                Ok(())
+            } else {
+                Err(format!("annotations {ann}"))
+            }
+        },
+    );
+
+    // kubelet restarted on n2: its pod keeps its network.
+    let p = Pinger::start(a.ns(), b_ip);
+    {
+        let k = c.kube_mut().unwrap();
+        let n2 = k.nodes.iter_mut().find(|n| n.spec.name == "n2").unwrap();
+        if let Some(mut kubelet) = n2.kubelet.take() {
+            kubelet.stop(Duration::from_secs(5));
+        }
+        n2.start_kubelet(&k.cp).unwrap_or_else(|e| panic!("{e}"));
+    }
+    c.wait_nodes_ready().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_no_loss("kubelet restart on n2", p.stop());
+    let pod_b = c.control_plane().unwrap().get_json(&["pod", "b"]).unwrap();
+    assert_eq!(pod_b["status"]["podIP"], b_ip.to_string());
+    assert_eq!(pod_b["status"]["containerStatuses"][0]["restartCount"], 0);
+
+    // A rolling update of the DaemonSet to a new image tag, pods on different nodes (host-gw
+    // and VXLAN) pinging throughout.
+    let tag = {
+        let k = c.kube().unwrap();
+        let new = k.weft_image.replace(":0.1.0", ":0.1.0-lab2");
+        assert_ne!(new, k.weft_image);
+        new
+    };
+    let archive = weft_lab::kube::image::weft_image(
+        &c.dir.join("images/weft2"),
+        &tag,
+        &weft_lab::cluster::find_bin_dir(&["weft", "weftd"]).unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for n in &c.kube().unwrap().nodes {
+        n.ctr(&[
+            "images",
+            "import",
+            "--snapshotter",
+            "native",
+            &archive.display().to_string(),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let p1 = Pinger::start(a.ns(), b_ip);
+    let p2 = Pinger::start(a.ns(), far_ip);
+    let t0 = std::time::Instant::now();
+    c.kubectl(&[
+        "-n",
+        "weft",
+        "set",
+        "image",
+        "ds/weft",
+        &format!("weftd={tag}"),
+        &format!("install-cni-plugin={tag}"),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    c.kubectl(&[
+        "-n",
+        "weft",
+        "rollout",
+        "status",
+        "ds/weft",
+        "--timeout=180s",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("rolling update took {:.1?}", t0.elapsed());
+    let pods = c
+        .control_plane()
+        .unwrap()
+        .get_json(&["pods", "-n", "weft"])
+        .unwrap();
+    for p in pods["items"].as_array().unwrap() {
+        assert_eq!(p["spec"]["containers"][0]["image"], tag.as_str());
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_no_loss("rolling update, n1 -> n2 (host-gw)", p1.stop());
+    assert_no_loss("rolling update, n1 -> n3 (vxlan)", p2.stop());
+
+    // The far node drained and its Node deleted: no route, neighbour or FDB entry for it is
+    // left on the others.
+    c.kubectl(&[
+        "drain",
+        "n3",
+        "--ignore-daemonsets",
+        "--force",
+        "--delete-emptydir-data",
+        "--timeout=60s",
+    ])
+    .or_else(|_| {
+        // kubectl 1.20 spells it --delete-local-data.
+        c.kubectl(&[
+            "drain",
+            "n3",
+            "--ignore-daemonsets",
+            "--force",
+            "--delete-local-data",
+            "--timeout=60s",
+        ])
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let n3_cidr = c
+        .control_plane()
+        .unwrap()
+        .get_json(&["node", "n3"])
+        .unwrap()["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = weft_kernel_objects(c.node("n1").unwrap().ns());
+    assert!(before.iter().any(|o| o.contains(&n3_cidr)), "{before:?}");
+    c.kubectl(&["delete", "node", "n3"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    for n in ["n1", "n2"] {
+        wait_until(&format!("{n} forgets n3"), Duration::from_secs(30), || {
+            let objs = weft_kernel_objects(c.node(n).unwrap().ns());
+            let n3_ip = c.node("n3").unwrap().underlay_ip.to_string();
+            let left: Vec<&String> = objs
+                .iter()
+                .filter(|o| {
+                    o.contains(&n3_cidr)
+                        || o.contains(&n3_ip)
+                        || o.starts_with("neighbour")
+                        || o.starts_with("fdb")
+                })
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left: {left:?}"))
+            }
+        });
+    }
+    // n1 <-> n2 unaffected.
+    assert!(weft_lab::probe::ping(a.ns(), b_ip));
+}

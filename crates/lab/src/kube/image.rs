@@ -79,7 +79,13 @@ pub fn build(dir: &Path, spec: &ImageSpec) -> Result<PathBuf, LabError> {
         }
         std::fs::copy(src, &to).map_err(io_err("copy into image", src))?;
         if spec.strip.contains(dst) {
-            run(Command::new("strip").arg("--strip-debug").arg(&to), "strip")?;
+            // Optional (binutils): only makes the image smaller.
+            let _ = Command::new("strip")
+                .arg("--strip-debug")
+                .arg(&to)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
     for (link, target) in &spec.symlinks {
@@ -207,6 +213,55 @@ fn libraries(binary: &Path) -> Result<Vec<PathBuf>, LabError> {
         .collect())
 }
 
+/// Adds the shared libraries of `elf` (and the loader) to the image, at the paths `ldd` names.
+fn add_libraries(spec: &mut ImageSpec, elf: &[PathBuf]) -> Result<(), LabError> {
+    let mut libs: Vec<PathBuf> = Vec::new();
+    for b in elf {
+        for l in libraries(b)? {
+            if !libs.contains(&l) {
+                libs.push(l);
+            }
+        }
+    }
+    for l in libs {
+        // Follow the symlink for the content, keep the name the loader looks for.
+        spec.files.push((l.clone(), l.display().to_string()));
+    }
+    Ok(())
+}
+
+/// The workload image: `weft-agnhost` (crates/agnhost) serving TCP 8080 and UDP 8081.
+pub const AGNHOST_IMAGE: &str = "localhost/weft-agnhost:1";
+/// Where the workload pods serve (TCP, UDP).
+pub const AGNHOST_PORTS: (u16, u16) = (8080, 8081);
+
+pub fn agnhost_image(dir: &Path, bin_dir: &Path) -> Result<PathBuf, LabError> {
+    let bin = bin_dir.join("weft-agnhost");
+    if !bin.is_file() {
+        return Err(LabError::MissingBinary {
+            missing: "weft-agnhost".into(),
+            searched: vec![bin_dir.to_path_buf()],
+        });
+    }
+    let mut spec = ImageSpec {
+        reference: AGNHOST_IMAGE.into(),
+        files: vec![(bin.clone(), "/usr/local/bin/weft-agnhost".into())],
+        env: vec!["PATH=/usr/local/bin:/bin".into()],
+        entrypoint: vec![
+            "/usr/local/bin/weft-agnhost".into(),
+            "serve".into(),
+            "--tcp".into(),
+            AGNHOST_PORTS.0.to_string(),
+            "--udp".into(),
+            AGNHOST_PORTS.1.to_string(),
+        ],
+        strip: vec!["/usr/local/bin/weft-agnhost".into()],
+        ..ImageSpec::default()
+    };
+    add_libraries(&mut spec, &[bin])?;
+    build(dir, &spec)
+}
+
 /// The weft image (deploy/weft.yaml's `image`): weft and weftd from `bin_dir`, nft and
 /// iptables (nft and legacy) from this machine with their libraries and xtables modules.
 pub fn weft_image(dir: &Path, reference: &str, bin_dir: &Path) -> Result<PathBuf, LabError> {
@@ -272,18 +327,7 @@ pub fn weft_image(dir: &Path, reference: &str, bin_dir: &Path) -> Result<PathBuf
             elf.push(p);
         }
     }
-    let mut libs: Vec<PathBuf> = Vec::new();
-    for b in &elf {
-        for l in libraries(b)? {
-            if !libs.contains(&l) {
-                libs.push(l);
-            }
-        }
-    }
-    for l in libs {
-        // Follow the symlink for the content, keep the name the loader looks for.
-        spec.files.push((l.clone(), l.display().to_string()));
-    }
+    add_libraries(&mut spec, &elf)?;
     for f in ["/etc/protocols", "/etc/services", "/etc/ethertypes"] {
         if Path::new(f).is_file() {
             spec.files.push((f.into(), f.into()));

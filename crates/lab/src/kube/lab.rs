@@ -136,6 +136,7 @@ impl Cluster {
             .map(PathBuf::from)
             .unwrap_or_default();
         let weft = image::weft_image(&images_dir.join("weft"), &weft_image, &weftd_dir)?;
+        let agnhost = image::agnhost_image(&images_dir.join("agnhost"), &weftd_dir)?;
         self.kube = Some(KubeLab {
             cp,
             nodes: Vec::new(),
@@ -149,7 +150,7 @@ impl Cluster {
                 netns_path: n.netns.path(),
                 node_ip: n.underlay_ip,
                 dir: n.dir.join("kube"),
-                images: vec![busybox.clone(), weft.clone()],
+                images: vec![busybox.clone(), weft.clone(), agnhost.clone()],
                 sandbox_image: image::BUSYBOX_IMAGE.into(),
                 record_in: Some(self.dir.clone()),
                 detached: self.config.keep,
@@ -288,12 +289,9 @@ pub fn pod_json(cp: &ControlPlane, namespace: &str, name: &str) -> Result<Value,
         .map_err(LabError::Setup)
 }
 
-/// The command of the lab's workload pods: busybox waiting for SIGTERM.
-const WAIT: &str = "trap 'exit 0' TERM INT; while :; do sleep 1; done";
-
 impl Cluster {
-    /// Creates a Pod with kubectl on `node` (busybox, its network from weft through
-    /// containerd), waits until it runs, and names its netns `<id>-k-<name>` for probes. It
+    /// Creates a Pod with kubectl on `node` (`weft-agnhost serve` on TCP 8080 and UDP 8081,
+    /// its network from weft through containerd), waits until it runs, and names its netns `<id>-k-<name>` for probes. It
     /// joins [`Cluster::pods`], so the connectivity matrix covers it.
     pub fn add_kube_pod(&mut self, node: &str, name: &str) -> Result<Pod, LabError> {
         if name.is_empty()
@@ -317,9 +315,16 @@ impl Cluster {
                 "automountServiceAccountToken": false,
                 "containers": [{
                     "name": "main",
-                    "image": image::BUSYBOX_IMAGE,
+                    "image": image::AGNHOST_IMAGE,
                     "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c", WAIT],
+                    "env": [{
+                        "name": "POD_NAME",
+                        "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } },
+                    }],
+                    "ports": [
+                        { "containerPort": image::AGNHOST_PORTS.0, "protocol": "TCP" },
+                        { "containerPort": image::AGNHOST_PORTS.1, "protocol": "UDP" },
+                    ],
                 }],
             },
         });
