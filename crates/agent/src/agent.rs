@@ -40,6 +40,8 @@ pub struct Status {
     /// The configured driver (`--firewall`), known before the rules are set up.
     pub firewall_mode: String,
     pub firewall: Option<FirewallStatus>,
+    /// NetworkPolicy enforcement (kubernetes datastore), when on.
+    pub policy: Option<crate::policy::PolicyStatus>,
     pub ready: bool,
     /// What the agent is waiting for, while not ready.
     pub waiting_for: Option<String>,
@@ -163,6 +165,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 pub async fn run(cfg: RunConfig) -> Result<()> {
+    let network_policy = cfg.enforces_network_policy().map_err(Error::Config)?;
     let shared = Arc::new(Shared {
         status: Mutex::new(Status {
             node: cfg.node_name.clone(),
@@ -266,6 +269,19 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
 
     let mut echoes = start_health_echoes(&cfg, &node.pod_cidrs());
 
+    // NetworkPolicy: its own watches and table, beside the node's networking (a failure
+    // there never touches routes or pods' addresses).
+    let (cidrs_tx, cidrs_rx) = watch::channel(node.pod_cidrs());
+    if network_policy {
+        let (client, _) = crate::datastore::kube::make_client(cfg.kubeconfig.as_deref()).await?;
+        tokio::spawn(crate::policy::run(
+            client,
+            cfg.node_name.clone(),
+            cidrs_rx,
+            shared.clone(),
+        ));
+    }
+
     // The plugin's events are cheap to collect: once a second, off the reconcile path. New
     // events mean pods came or went: refresh the IPAM usage too.
     let (sh, n) = (shared.clone(), node.clone());
@@ -326,6 +342,12 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                     }
                 }
                 node.set_own(&shared, own);
+                cidrs_tx.send_if_modified(|c| {
+                    let now = node.pod_cidrs();
+                    let changed = *c != now;
+                    *c = now;
+                    changed
+                });
                 true
             }
             _ = resync.tick() => true,

@@ -147,6 +147,27 @@ fn render(s: &Status) -> String {
             let _ = writeln!(o, "firewall:    {} (not set up yet)", s.firewall_mode);
         }
     }
+    if let Some(p) = &s.policy {
+        let _ = writeln!(
+            o,
+            "policy:      {} policies, {} pods ({} here); {}{}",
+            p.policies,
+            p.pods,
+            p.local_pods,
+            match (p.synced, p.programmed) {
+                (false, _) => "not synced yet (nothing enforced by this weftd yet)",
+                (true, true) => "programmed",
+                (true, false) => "NOT programmed",
+            },
+            p.last_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+        for i in &p.invalid {
+            let _ = writeln!(o, "             ! ignored {i}");
+        }
+    }
     if let Some(r) = &s.last_reconcile {
         let _ = writeln!(
             o,

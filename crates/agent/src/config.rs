@@ -103,6 +103,11 @@ pub struct RunConfig {
         value_delimiter = ','
     )]
     pub cluster_cidrs: Vec<IpNet>,
+    /// Enforce Kubernetes NetworkPolicy (table `inet weft-policy`). Default: on with the
+    /// kubernetes datastore; etcd and static have no policy objects, so `true` there is an
+    /// error.
+    #[arg(long, env = "WEFT_NETWORK_POLICY")]
+    pub network_policy: Option<bool>,
 
     #[arg(long, env = "WEFT_BACKEND", value_enum, default_value = "auto")]
     pub backend: BackendKind,
@@ -164,6 +169,20 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Whether NetworkPolicy is enforced, or why the configuration cannot work.
+    pub fn enforces_network_policy(&self) -> Result<bool, String> {
+        match (self.network_policy, self.datastore) {
+            (Some(true), DatastoreKind::Etcd | DatastoreKind::Static) => Err(format!(
+                "--network-policy needs --datastore kubernetes: the {:?} datastore has no \
+                 NetworkPolicy objects",
+                self.datastore
+            )
+            .to_lowercase()),
+            (Some(on), _) => Ok(on),
+            (None, d) => Ok(d == DatastoreKind::Kubernetes),
+        }
+    }
+
     /// Every node path weftd shares with the plugin (which runs on the node, exec'd by the
     /// runtime) or with its own next run. In a container each must be the node's directory,
     /// mounted at the same path: the conflist names them to the plugin as they are here.
@@ -190,6 +209,33 @@ impl RunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_policy_needs_the_kubernetes_datastore() {
+        #[derive(clap::Parser)]
+        struct W {
+            #[command(flatten)]
+            run: RunConfig,
+        }
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["weftd", "--node-name", "n"];
+            argv.extend_from_slice(args);
+            <W as clap::Parser>::try_parse_from(argv).unwrap().run
+        };
+        assert_eq!(parse(&[]).enforces_network_policy(), Ok(true));
+        assert_eq!(
+            parse(&["--network-policy", "false"]).enforces_network_policy(),
+            Ok(false)
+        );
+        assert_eq!(
+            parse(&["--datastore", "etcd"]).enforces_network_policy(),
+            Ok(false)
+        );
+        let err = parse(&["--datastore", "etcd", "--network-policy", "true"])
+            .enforces_network_policy()
+            .unwrap_err();
+        assert!(err.contains("needs --datastore kubernetes"), "{err}");
+    }
 
     #[test]
     fn durations() {

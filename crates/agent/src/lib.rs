@@ -19,6 +19,7 @@ pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod policy;
 pub mod reconcile;
 pub mod trace;
 pub mod underlay;

@@ -162,7 +162,7 @@ fn the_strict_parse_rejects_misspelt_and_misplaced_fields() {
 }
 
 #[test]
-fn rbac_is_exactly_nodes_get_list_watch_patch() {
+fn rbac_is_exactly_nodes_and_what_network_policy_reads() {
     let m = manifest();
     let ns = m.namespace.unwrap().metadata.name.unwrap();
     let sa = m.service_account.unwrap();
@@ -170,16 +170,27 @@ fn rbac_is_exactly_nodes_get_list_watch_patch() {
     let role = m.cluster_role.unwrap();
     assert!(role.aggregation_rule.is_none());
     let rules = role.rules.unwrap();
+    let rule = |group: &str, resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.into()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        resource_names: None,
+        non_resource_urls: None,
+    };
     assert_eq!(
         rules,
-        vec![PolicyRule {
-            api_groups: Some(vec!["".into()]),
-            resources: Some(vec!["nodes".into()]),
-            verbs: ["get", "list", "watch", "patch"].map(String::from).to_vec(),
-            resource_names: None,
-            non_resource_urls: None,
-        }],
-        "the ClusterRole must grant exactly what the kubernetes datastore uses"
+        vec![
+            // The kubernetes datastore: Nodes, and weft's annotations on its own.
+            rule("", &["nodes"], &["get", "list", "watch", "patch"]),
+            // NetworkPolicy: what it selects on and what it enforces, read only.
+            rule("", &["namespaces", "pods"], &["get", "list", "watch"]),
+            rule(
+                "networking.k8s.io",
+                &["networkpolicies"],
+                &["get", "list", "watch"]
+            ),
+        ],
+        "the ClusterRole must grant exactly what weftd uses"
     );
 
     let b = m.binding.unwrap();

@@ -746,3 +746,80 @@ fn pods_keep_their_network_through_apiserver_crash_kubelet_restart_and_weft_roll
     // n1 <-> n2 unaffected.
     assert!(weft_lab::probe::ping(a.ns(), b_ip));
 }
+
+/// A TCP connection from `from`'s netns to `to` on agnhost's TCP port (1 s timeout).
+fn tcp_reaches(from: &weft_lab::Pod, to: &weft_lab::Pod) -> bool {
+    let addr =
+        std::net::SocketAddr::new(to.ipv4().unwrap(), weft_lab::kube::image::AGNHOST_PORTS.0);
+    weft_lab::probe::in_netns_thread(from.netns.handle(), move || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+    })
+    .unwrap_or(false)
+}
+
+/// Issue 13: NetworkPolicy from `kubectl apply` is enforced by weft (deployed by its
+/// DaemonSet, default RBAC) on real pods, for a peer on the same node (bridged) and one on
+/// another node (host-gw); relabelling a pod and deleting the policy take effect too.
+#[test]
+fn network_policy_is_enforced_on_kubectl_pods_same_node_and_across_nodes() {
+    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    let db = c.add_kube_pod("n1", "db").unwrap_or_else(|e| panic!("{e}"));
+    let near = c
+        .add_kube_pod("n1", "near")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let far = c
+        .add_kube_pod("n2", "far")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reach = |from: &weft_lab::Pod| tcp_reaches(from, &db);
+    wait_until(
+        "db open to all without a policy",
+        Duration::from_secs(20),
+        || {
+            (reach(&near) && reach(&far))
+                .then_some(())
+                .ok_or_else(|| format!("near {} far {}", reach(&near), reach(&far)))
+        },
+    );
+
+    let cp = c.control_plane().unwrap();
+    cp.kubectl(&["label", "pod", "db", "role=db"]).unwrap();
+    let policy = r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "db-from-clients", "namespace": "default"},
+        "spec": {"podSelector": {"matchLabels": {"role": "db"}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                              "ports": [{"protocol": "TCP", "port": 8080}]}]}}"#;
+    let t = std::time::Instant::now();
+    cp.kubectl_stdin(&["apply", "-f", "-"], Some(policy.as_bytes()))
+        .unwrap();
+    wait_until("db isolated", Duration::from_secs(10), || {
+        (!reach(&near) && !reach(&far))
+            .then_some(())
+            .ok_or_else(|| format!("near {} far {}", reach(&near), reach(&far)))
+    });
+    eprintln!(
+        "policy applied -> enforced on both nodes in {:?}",
+        t.elapsed()
+    );
+
+    cp.kubectl(&["label", "pod", "far", "role=client"]).unwrap();
+    wait_until("far admitted as a client", Duration::from_secs(10), || {
+        (reach(&far) && !reach(&near))
+            .then_some(())
+            .ok_or_else(|| format!("near {} far {}", reach(&near), reach(&far)))
+    });
+    let (code, body) = agent_get(&c, "n1", "/status");
+    assert_eq!(code, 200);
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["policy"]["programmed"], true, "{status}");
+    assert_eq!(status["policy"]["policies"], 1, "{status}");
+
+    let cp = c.control_plane().unwrap();
+    cp.kubectl(&["delete", "networkpolicy", "db-from-clients"])
+        .unwrap();
+    wait_until("db open again", Duration::from_secs(10), || {
+        (reach(&near) && reach(&far))
+            .then_some(())
+            .ok_or_else(|| format!("near {} far {}", reach(&near), reach(&far)))
+    });
+}

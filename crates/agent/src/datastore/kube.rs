@@ -236,26 +236,8 @@ impl KubeStore {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let err = DatastoreError::Kubernetes;
-        let config = match &self.cfg.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path)
-                    .map_err(|e| err(format!("kubeconfig {}: {e}", path.display())))?;
-                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                    .await
-                    .map_err(|e| err(format!("kubeconfig {}: {e}", path.display())))?
-            }
-            None => Config::infer().await.map_err(|e| {
-                err(format!(
-                    "no --kubeconfig given and no in-cluster service account or \
-                     ~/.kube/config: {e}"
-                ))
-            })?,
-        };
-        debug!(url = %config.cluster_url, "kubernetes: API server");
-        self.server = config.cluster_url.to_string();
-        let client = Client::try_from(config)
-            .map_err(|e| err(format!("cannot create Kubernetes client: {e}")))?;
+        let (client, server) = make_client(self.cfg.kubeconfig.as_deref()).await?;
+        self.server = server;
         self.client = Some(client.clone());
         Ok(client)
     }
@@ -631,6 +613,34 @@ pub fn node_record(node: &Node, family: IpAddr) -> Result<NodeRecord, String> {
     NodeFacts::of(node)
         .ok_or("node without metadata.name")?
         .record(family)
+}
+
+/// A client for `kubeconfig` (else the in-cluster service account, then ~/.kube/config), and
+/// the API server's URL (for error messages). Shared by the datastore and the policy watches.
+pub async fn make_client(
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<(Client, String), DatastoreError> {
+    let err = DatastoreError::Kubernetes;
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| err(format!("kubeconfig {}: {e}", path.display())))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(format!("kubeconfig {}: {e}", path.display())))?
+        }
+        None => Config::infer().await.map_err(|e| {
+            err(format!(
+                "no --kubeconfig given and no in-cluster service account or \
+                 ~/.kube/config: {e}"
+            ))
+        })?,
+    };
+    debug!(url = %config.cluster_url, "kubernetes: API server");
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config)
+        .map_err(|e| err(format!("cannot create Kubernetes client: {e}")))?;
+    Ok((client, server))
 }
 
 /// A watcher error as an operator can act on it (see [`describe_error`]).

@@ -1,0 +1,322 @@
+//! NetworkPolicy in weftd (kubernetes datastore): Namespaces, Pods and NetworkPolicies come
+//! through kube-runtime's watchers, are kept as `weft_policy`'s model (stripped objects), and
+//! after each burst of events the model is compiled into the desired `inet weft-policy` table
+//! and applied as one nft transaction of the difference (the first apply replaces the table
+//! atomically: a restarted weftd leaves the old table enforcing until then, so there is no
+//! moment where an isolated pod is open).
+//!
+//! First packet: the table is compiled fail-closed for this node's pod CIDRs: an address in
+//! them that no pod of the model holds can neither send nor be reached. A new pod is therefore
+//! isolated from its first packet until weftd knows it (its labels from the watch, its IP
+//! from the pod's status), never open.
+
+use crate::agent::Shared;
+use futures::{Stream, StreamExt};
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::Api;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use weft_policy::{compile, Applier, CompileOptions, Key, Model};
+
+/// Events arriving within this of each other are applied together (one transaction).
+const SETTLE: Duration = Duration::from_millis(20);
+const PAGE_SIZE: u32 = 200;
+
+/// What `weftd status` shows about policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// All three watches have delivered a complete list (nothing is enforced before).
+    pub synced: bool,
+    pub policies: usize,
+    pub pods: usize,
+    pub local_pods: usize,
+    /// The last apply succeeded: the kernel enforces the model as it is.
+    pub programmed: bool,
+    pub last_apply_ms: Option<f64>,
+    pub last_error: Option<String>,
+    /// Objects that could not be converted (named, with the field and the reason).
+    pub invalid: Vec<String>,
+}
+
+enum Change {
+    Namespace(Box<Event<Namespace>>),
+    Pod(Box<Event<Pod>>),
+    Policy(Box<Event<NetworkPolicy>>),
+    Failed(String),
+}
+
+type Changes = Pin<Box<dyn Stream<Item = Change> + Send>>;
+
+fn watch_kind<K>(api: Api<K>, wrap: fn(Box<Event<K>>) -> Change, kind: &'static str) -> Changes
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    watcher::watcher(api, watcher::Config::default().page_size(PAGE_SIZE))
+        .default_backoff()
+        .map(move |r| match r {
+            Ok(e) => wrap(Box::new(e)),
+            Err(e) => Change::Failed(format!("watch {kind}: {}", crate::error::chain(&e))),
+        })
+        .boxed()
+}
+
+/// The model and what a re-list must reconcile.
+struct State {
+    node: String,
+    model: Model,
+    /// Per kind, the keys a re-list in progress has seen (removed at its end if unseen).
+    listing_ns: Option<BTreeSet<String>>,
+    listing_pods: Option<BTreeSet<Key>>,
+    listing_policies: Option<BTreeSet<Key>>,
+    /// Per kind, whether a complete list has arrived once.
+    listed: [bool; 3],
+    invalid: std::collections::BTreeMap<String, String>,
+}
+
+impl State {
+    fn valid(&mut self, what: &str) {
+        self.invalid.remove(what);
+    }
+
+    fn invalid(&mut self, what: String, err: impl std::fmt::Display) {
+        tracing::warn!(object = %what, error = %err, "network policy: object ignored");
+        self.invalid.insert(what, err.to_string());
+    }
+
+    /// Applies one change to the model; whether it may change the ruleset.
+    fn change(&mut self, c: Change) -> bool {
+        match c {
+            Change::Failed(_) => false,
+            Change::Namespace(e) => match *e {
+                Event::Init => {
+                    self.listing_ns = Some(BTreeSet::new());
+                    false
+                }
+                Event::InitApply(ns) | Event::Apply(ns) => {
+                    let name = ns.metadata.name.clone().unwrap_or_default();
+                    if let Some(l) = self.listing_ns.as_mut() {
+                        l.insert(name.clone());
+                    }
+                    match weft_policy::k8s::namespace(&ns) {
+                        Ok(n) => {
+                            self.valid(&format!("Namespace {name}"));
+                            self.model.set_namespace(n)
+                        }
+                        Err(err) => self.invalid(format!("Namespace {name}"), err),
+                    }
+                    true
+                }
+                Event::Delete(ns) => {
+                    let name = ns.metadata.name.unwrap_or_default();
+                    self.model.remove_namespace(&name).is_some()
+                }
+                Event::InitDone => {
+                    if let Some(seen) = self.listing_ns.take() {
+                        self.model.namespaces.retain(|k, _| seen.contains(k));
+                    }
+                    self.listed[0] = true;
+                    true
+                }
+            },
+            Change::Pod(e) => match *e {
+                Event::Init => {
+                    self.listing_pods = Some(BTreeSet::new());
+                    false
+                }
+                Event::InitApply(p) | Event::Apply(p) => {
+                    let key = Key::new(
+                        p.metadata.namespace.clone().unwrap_or_default(),
+                        p.metadata.name.clone().unwrap_or_default(),
+                    );
+                    if let Some(l) = self.listing_pods.as_mut() {
+                        l.insert(key.clone());
+                    }
+                    match weft_policy::k8s::pod(&p, &self.node) {
+                        Ok(pod) => {
+                            self.valid(&format!("Pod {}/{}", key.namespace, key.name));
+                            let changed = self.model.pods.get(&key) != Some(&pod);
+                            self.model.set_pod(pod);
+                            changed
+                        }
+                        Err(err) => {
+                            self.invalid(format!("Pod {}/{}", key.namespace, key.name), err);
+                            self.model.remove_pod(&key).is_some()
+                        }
+                    }
+                }
+                Event::Delete(p) => {
+                    let key = Key::new(
+                        p.metadata.namespace.unwrap_or_default(),
+                        p.metadata.name.unwrap_or_default(),
+                    );
+                    self.model.remove_pod(&key).is_some()
+                }
+                Event::InitDone => {
+                    if let Some(seen) = self.listing_pods.take() {
+                        self.model.pods.retain(|k, _| seen.contains(k));
+                    }
+                    self.listed[1] = true;
+                    true
+                }
+            },
+            Change::Policy(e) => match *e {
+                Event::Init => {
+                    self.listing_policies = Some(BTreeSet::new());
+                    false
+                }
+                Event::InitApply(np) | Event::Apply(np) => {
+                    let key = Key::new(
+                        np.metadata.namespace.clone().unwrap_or_default(),
+                        np.metadata.name.clone().unwrap_or_default(),
+                    );
+                    if let Some(l) = self.listing_policies.as_mut() {
+                        l.insert(key.clone());
+                    }
+                    match weft_policy::k8s::policy(&np) {
+                        Ok(p) => {
+                            self.valid(&format!("NetworkPolicy {}/{}", key.namespace, key.name));
+                            self.model.set_policy(p)
+                        }
+                        Err(err) => {
+                            // A policy weft cannot read must not open what it would isolate;
+                            // it is left out and named in the status.
+                            self.invalid(
+                                format!("NetworkPolicy {}/{}", key.namespace, key.name),
+                                err,
+                            );
+                            self.model.remove_policy(&key);
+                        }
+                    }
+                    true
+                }
+                Event::Delete(np) => {
+                    let key = Key::new(
+                        np.metadata.namespace.unwrap_or_default(),
+                        np.metadata.name.unwrap_or_default(),
+                    );
+                    self.model.remove_policy(&key).is_some()
+                }
+                Event::InitDone => {
+                    if let Some(seen) = self.listing_policies.take() {
+                        self.model.policies.retain(|k, _| seen.contains(k));
+                    }
+                    self.listed[2] = true;
+                    true
+                }
+            },
+        }
+    }
+}
+
+/// Runs forever: watches, compiles, applies. `pod_cidrs` is this node's (for fail-closed).
+pub async fn run(
+    client: kube::Client,
+    node: String,
+    mut pod_cidrs: watch::Receiver<Vec<IpNet>>,
+    shared: Arc<Shared>,
+) {
+    let mut changes = futures::stream::select_all([
+        watch_kind(
+            Api::<Namespace>::all(client.clone()),
+            Change::Namespace,
+            "namespaces",
+        ),
+        watch_kind(Api::<Pod>::all(client.clone()), Change::Pod, "pods"),
+        watch_kind(
+            Api::<NetworkPolicy>::all(client),
+            Change::Policy,
+            "networkpolicies",
+        ),
+    ]);
+    let mut state = State {
+        node,
+        model: Model::new(),
+        listing_ns: None,
+        listing_pods: None,
+        listing_policies: None,
+        listed: [false; 3],
+        invalid: Default::default(),
+    };
+    let applier = Arc::new(std::sync::Mutex::new(Applier::new()));
+    let mut dirty = false;
+    let mut status = PolicyStatus::default();
+    loop {
+        tokio::select! {
+            c = changes.next() => {
+                let Some(c) = c else { return };
+                if let Change::Failed(why) = &c {
+                    // E.g. 403 without the RBAC for pods/namespaces/networkpolicies: said in
+                    // /status; what is enforced stays as it is.
+                    tracing::warn!(error = %why, "network policy: watch failed, retrying");
+                    status.last_error = Some(why.clone());
+                    let st = status.clone();
+                    shared.update(|s| s.policy = Some(st));
+                }
+                dirty |= state.change(c);
+                // Take what else arrives right away into the same transaction.
+                let until = tokio::time::Instant::now() + SETTLE;
+                while let Ok(Some(c)) = tokio::time::timeout_at(until, changes.next()).await {
+                    dirty |= state.change(c);
+                }
+            }
+            changed = pod_cidrs.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                dirty = true;
+            }
+        }
+        if !dirty || !state.listed.iter().all(|l| *l) {
+            continue;
+        }
+        dirty = false;
+        let opts = CompileOptions {
+            sctp: true,
+            fail_closed: pod_cidrs.borrow().clone(),
+        };
+        let desired = compile(&state.model, &opts);
+        let a = applier.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || a.lock().unwrap().apply(&desired))
+            .await
+            .expect("apply task");
+        let took = started.elapsed().as_secs_f64() * 1000.0;
+        status.last_error = match &result {
+            Ok(stats) => {
+                tracing::debug!(
+                    commands = stats.commands,
+                    full = stats.full,
+                    took_ms = took,
+                    "network policy applied"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "network policy: apply failed; the next change rebuilds");
+                Some(e.to_string())
+            }
+        };
+        status.synced = true;
+        status.policies = state.model.policies.len();
+        status.pods = state.model.pods.len();
+        status.local_pods = state.model.pods.values().filter(|p| p.local).count();
+        status.programmed = result.is_ok();
+        status.last_apply_ms = Some(took);
+        status.invalid = state
+            .invalid
+            .iter()
+            .map(|(what, why)| format!("{what}: {why}"))
+            .collect();
+        let st = status.clone();
+        shared.update(|s| s.policy = Some(st));
+    }
+}
