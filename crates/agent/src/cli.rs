@@ -233,6 +233,12 @@ pub struct Cleanup {
     pub state_dir: PathBuf,
 }
 
+/// Whether `nft` is on PATH.
+fn which_nft() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nft").is_file()))
+}
+
 /// Removes everything weft made on this node; keeps going past errors and reports them all.
 pub fn cleanup(a: &Cleanup) -> Result<(), String> {
     let mut errors = Vec::new();
@@ -271,6 +277,12 @@ pub fn cleanup(a: &Cleanup) -> Result<(), String> {
             if let Err(e) = fw.remove() {
                 errors.push(format!("firewall {}: {e}", fw.name()));
             }
+        }
+    }
+    // The NetworkPolicy table (absent is fine; without nft there is none).
+    if which_nft() {
+        if let Err(e) = weft_policy::Applier::new().remove() {
+            errors.push(format!("table inet {}: {e}", weft_policy::TABLE));
         }
     }
     for path in [cniconf::path(&a.cni_conf_dir)] {

@@ -306,6 +306,20 @@ fn cleanup_restores_the_node(firewall: &str) {
     for n in &names {
         stop_agent(&mut c, n);
     }
+    // A NetworkPolicy table, as weftd with the kubernetes datastore leaves it.
+    for n in &c.nodes {
+        weft_netops::run_in(n.ns(), || {
+            let empty = weft_policy::compile(&weft_policy::Model::new(), &Default::default());
+            weft_policy::Applier::new().apply(&empty).map(|_| ())
+        })
+        .unwrap()
+        .unwrap_or_else(|e| panic!("policy table on {}: {e}", n.name));
+        assert!(
+            snapshot(n).nft.iter().any(|l| l.contains("weft-policy")),
+            "no policy table on {}",
+            n.name
+        );
+    }
     let cni_bin = c.dir.join("cni-bin");
     for (i, n) in c.nodes.iter().enumerate() {
         if n.name == far {
