@@ -133,6 +133,7 @@ fn node_object(name: &str, cidr: &str, ip: Ipv4Addr, i: usize) -> Node {
             },
             "annotations": {
                 "weft.dev/underlay-ip": ip.to_string(),
+                "weft.dev/vtep-mac": format!("02:42:00:{:02x}:{:02x}:{:02x}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff),
                 "node.alpha.kubernetes.io/ttl": "0",
                 "volumes.kubernetes.io/controller-managed-attach-detach": "true"
             }
@@ -205,10 +206,13 @@ fn cpu_s(pid: u32) -> f64 {
 
 fn route_to(nl: &mut Netlink, i: usize) -> bool {
     let cidr = pod_cidr(i);
-    let probe: Ipv4Addr = cidr.trim_end_matches("/24").parse().unwrap();
-    let probe = IpAddr::V4(Ipv4Addr::from(u32::from(probe) + 5));
+    let network: Ipv4Addr = cidr.trim_end_matches("/24").parse().unwrap();
+    let probe = IpAddr::V4(Ipv4Addr::from(u32::from(network) + 5));
+    // host-gw: via the peer's underlay address; vxlan: via its VTEP address (the network
+    // address of its pod CIDR), onlink.
+    let via = [IpAddr::V4(underlay(i)), IpAddr::V4(network)];
     nl.route_get(probe)
-        .map(|r| r.gateway == Some(IpAddr::V4(underlay(i))))
+        .map(|r| r.gateway.is_some_and(|g| via.contains(&g)))
         .unwrap_or(false)
 }
 
