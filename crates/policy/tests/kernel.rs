@@ -120,12 +120,14 @@ fn differential_random_policies() {
     for seed in 1..=seeds {
         let model = common::random::random_model(seed, 4);
         lab.apply(&model, &no_sctp());
-        for (protocol, port) in [
-            (Protocol::Tcp, 80),
-            (Protocol::Tcp, 81),
-            (Protocol::Udp, 80),
+        // IPv6 too: the random ipBlocks are IPv4, so there they match nothing.
+        for (protocol, port, v6) in [
+            (Protocol::Tcp, 80, false),
+            (Protocol::Tcp, 81, false),
+            (Protocol::Udp, 80, false),
+            (Protocol::Tcp, 81, true),
         ] {
-            let expected = eval_matrix(&model, protocol, port, false);
+            let expected = eval_matrix(&model, protocol, port, v6);
             denied += expected.0.values().filter(|v| !**v).count();
             errors += &compare(
                 &lab,
@@ -134,7 +136,7 @@ fn differential_random_policies() {
                 &expected,
                 protocol,
                 port,
-                false,
+                v6,
             );
         }
     }
