@@ -276,26 +276,44 @@ fn named_port_set_name(name: &str, protocol: Protocol, family: Family) -> String
     )
 }
 
-/// Pods of `set`, through the namespace index.
-fn members<'a>(model: &'a Model, set: &'a PodSet) -> Vec<&'a crate::model::Pod> {
+/// Pods of `set`, through the namespace index. `namespaces`: every namespace name with its
+/// labels (computed once per compile, not per selector).
+fn members<'a>(
+    model: &'a Model,
+    namespaces: &[(&'a str, crate::model::Labels)],
+    set: &'a PodSet,
+) -> Vec<&'a crate::model::Pod> {
     match &set.namespaces {
         Namespaces::Named(_) => model.pods_in(set).collect(),
-        Namespaces::Selected(sel) => {
-            // Namespaces known to the model plus those only pods mention (name label only).
-            let mut names: BTreeSet<&str> = model.namespaces.keys().map(String::as_str).collect();
-            names.extend(model.pods.keys().map(|k| k.namespace.as_str()));
-            names
-                .into_iter()
-                .filter(|ns| sel.matches(&model.namespace_labels(ns)))
-                .flat_map(|ns| model.pods_of_namespace(ns))
-                .filter(|p| !p.host_network && set.pods.matches(&p.labels))
-                .collect()
+        Namespaces::Selected(sel) => namespaces
+            .iter()
+            .filter(|(_, labels)| sel.matches(labels))
+            .flat_map(|(ns, _)| model.pods_of_namespace(ns))
+            .filter(|p| !p.host_network && set.pods.matches(&p.labels))
+            .collect(),
+    }
+}
+
+/// Namespaces known to the model plus those only pods mention (name label only), with labels.
+fn namespace_index(model: &Model) -> Vec<(&str, crate::model::Labels)> {
+    let mut names: BTreeSet<&str> = model.namespaces.keys().map(String::as_str).collect();
+    let mut last = "";
+    for k in model.pods.keys() {
+        // Keys sort by namespace: one insert per namespace, not per pod.
+        if k.namespace != last {
+            names.insert(&k.namespace);
+            last = &k.namespace;
         }
     }
+    names
+        .into_iter()
+        .map(|ns| (ns, model.namespace_labels(ns)))
+        .collect()
 }
 
 struct Builder<'a> {
     model: &'a Model,
+    namespaces: Vec<(&'a str, crate::model::Labels)>,
     opts: &'a CompileOptions,
     out: Ruleset,
     pod_sets: BTreeMap<PodSet, ()>,
@@ -308,7 +326,7 @@ impl Builder<'_> {
             self.pod_sets.insert(set.clone(), ());
             let mut v4 = Set::new(SetKind::Addr(Family::V4), set.to_string());
             let mut v6 = Set::new(SetKind::Addr(Family::V6), set.to_string());
-            for pod in members(self.model, set) {
+            for pod in members(self.model, &self.namespaces, set) {
                 for ip in &pod.ips {
                     let s = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
                     s.elements.insert(Element::Addr(*ip));
@@ -517,6 +535,7 @@ fn base_chain(hook: Hook, dir: Direction, fail_closed: &[IpNet]) -> Chain {
 pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
     let mut b = Builder {
         model,
+        namespaces: namespace_index(model),
         opts,
         out: Ruleset::default(),
         pod_sets: BTreeMap::new(),
