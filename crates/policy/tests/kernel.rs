@@ -137,7 +137,7 @@ fn differential_random_policies() {
     for seed in 1..=seeds {
         let model = common::random::random_model(seed, 4);
         lab.apply(&model, &no_sctp());
-        // IPv6 too: the random ipBlocks are IPv4, so there they match nothing.
+        // IPv6 too (the random ipBlocks are of either family).
         for (protocol, port, v6) in [
             (Protocol::Tcp, 80, false),
             (Protocol::Tcp, 81, false),
