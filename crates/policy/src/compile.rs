@@ -67,6 +67,10 @@ pub struct CompileOptions {
     /// IP from IPAM) before ADD returns; until then the pod can neither send nor be reached.
     /// Empty: no such rule (an unknown local address is treated as outside every pod).
     pub fail_closed: Vec<IpNet>,
+    /// Packet counters for metrics: on each accept of a policy chain (what that rule admitted;
+    /// reset when the policy changes, as its chain is rewritten) and on each namespace chain's
+    /// drop (what the policies isolating pods of that namespace denied).
+    pub counters: bool,
 }
 
 impl Default for CompileOptions {
@@ -74,6 +78,7 @@ impl Default for CompileOptions {
         CompileOptions {
             sctp: true,
             fail_closed: Vec::new(),
+            counters: false,
         }
     }
 }
@@ -184,6 +189,8 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Rule {
     pub matches: Vec<Match>,
+    /// `counter` before the verdict ([`CompileOptions::counters`]).
+    pub counter: bool,
     pub action: Action,
 }
 
@@ -443,6 +450,7 @@ impl Builder<'_> {
         for family in Family::BOTH {
             let set = self.pod_set(&targets, family);
             rules.push(Rule {
+                counter: false,
                 matches: vec![Match::InSet {
                     family,
                     field: own,
@@ -460,6 +468,7 @@ impl Builder<'_> {
                 for pm in &peers {
                     for qm in &ports {
                         let r = Rule {
+                            counter: false,
                             matches: pm.iter().chain(qm).cloned().collect(),
                             action: Action::Accept,
                         };
@@ -483,17 +492,20 @@ fn base_chain(hook: Hook, dir: Direction, fail_closed: &[IpNet]) -> Chain {
     };
     let mut rules = vec![
         Rule {
+            counter: false,
             matches: vec![Match::EstablishedRelated],
             action: Action::Accept,
         },
         // Under default deny a pod must still resolve its neighbours (v6 has no ARP).
         Rule {
+            counter: false,
             matches: vec![Match::NeighbourDiscovery],
             action: Action::Accept,
         },
     ];
     for family in Family::BOTH {
         rules.push(Rule {
+            counter: false,
             matches: Vec::new(),
             action: Action::Dispatch {
                 family,
@@ -508,6 +520,7 @@ fn base_chain(hook: Hook, dir: Direction, fail_closed: &[IpNet]) -> Chain {
         for net in fail_closed {
             let family = Family::of(&net.addr());
             rules.push(Rule {
+                counter: false,
                 matches: vec![
                     Match::InPrefix { field, net: *net },
                     Match::InSet {
@@ -594,6 +607,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
                 .or_default()
                 .rules
                 .push(Rule {
+                    counter: false,
                     matches: Vec::new(),
                     action: Action::Jump(name),
                 });
@@ -615,6 +629,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
         for (ns, mut chain) in ns_chains {
             // No policy of the namespace admitted it: the pod is isolated, drop.
             chain.rules.push(Rule {
+                counter: false,
                 matches: Vec::new(),
                 action: Action::Drop,
             });
@@ -622,6 +637,18 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
         }
     }
 
+    if opts.counters {
+        for (name, chain) in b.out.chains.iter_mut() {
+            let (policy, namespace) = (
+                name.starts_with("pi_") || name.starts_with("pe_"),
+                name.starts_with("ni_") || name.starts_with("ne_"),
+            );
+            for r in chain.rules.iter_mut() {
+                r.counter = (policy && r.action == Action::Accept)
+                    || (namespace && r.action == Action::Drop);
+            }
+        }
+    }
     for ((dir, ip), chain) in dispatch {
         if let Some(set) = b.out.sets.get_mut(&dispatch_map(dir, Family::of(&ip))) {
             set.elements.insert(Element::Jump(ip, chain));

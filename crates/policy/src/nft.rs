@@ -442,6 +442,9 @@ pub fn rule_statements(rule: &Rule) -> Vec<Statement<'static>> {
             ),
         })
         .collect();
+    if rule.counter {
+        out.push(Statement::Counter(nftables::stmt::Counter::Anonymous(None)));
+    }
     out.push(match &rule.action {
         Action::Accept => Statement::Accept(None),
         Action::Drop => Statement::Drop(None),
