@@ -71,6 +71,12 @@ pub struct CompileOptions {
     /// reset when the policy changes, as its chain is rewritten) and on each namespace chain's
     /// drop (what the policies isolating pods of that namespace denied).
     pub counters: bool,
+    /// A policy that starts denying also cuts connections already established: only replies
+    /// (and ICMP errors) skip the policies, the original direction of every connection is
+    /// judged again packet by packet (it costs a map lookup per packet of isolated pods).
+    /// Off: `ct state established,related accept` first, established connections live on
+    /// until conntrack forgets them (what most implementations do).
+    pub cut_established: bool,
 }
 
 impl Default for CompileOptions {
@@ -79,6 +85,7 @@ impl Default for CompileOptions {
             sctp: true,
             fail_closed: Vec::new(),
             counters: false,
+            cut_established: false,
         }
     }
 }
@@ -153,6 +160,10 @@ pub enum AddrField {
 pub enum Match {
     /// `ct state established,related`
     EstablishedRelated,
+    /// `ct state related`
+    Related,
+    /// `ct direction reply`: replies (always of an established connection)
+    EstablishedReply,
     /// `icmpv6 type { nd-router-solicit .. nd-redirect }` (133-137)
     NeighbourDiscovery,
     /// `ip saddr @set`, `ip6 daddr != @set`, ...
@@ -485,24 +496,35 @@ impl Builder<'_> {
     }
 }
 
-fn base_chain(hook: Hook, dir: Direction, fail_closed: &[IpNet]) -> Chain {
+fn base_chain(hook: Hook, dir: Direction, opts: &CompileOptions) -> Chain {
     let field = match dir {
         Direction::Ingress => AddrField::Dst,
         Direction::Egress => AddrField::Src,
     };
-    let mut rules = vec![
-        Rule {
-            counter: false,
-            matches: vec![Match::EstablishedRelated],
-            action: Action::Accept,
-        },
+    let accept = |m: Match| Rule {
+        counter: false,
+        matches: vec![m],
+        action: Action::Accept,
+    };
+    let mut rules = if opts.cut_established {
+        // Replies and ICMP errors pass; the original direction of an established connection
+        // goes through the policies again, packet by packet.
+        vec![accept(Match::Related), accept(Match::EstablishedReply)]
+    } else {
+        vec![accept(Match::EstablishedRelated)]
+    };
+    rules.extend([
         // Under default deny a pod must still resolve its neighbours (v6 has no ARP).
         Rule {
             counter: false,
             matches: vec![Match::NeighbourDiscovery],
             action: Action::Accept,
         },
-    ];
+    ]);
+    let fail_closed: &[IpNet] = match hook {
+        Hook::Forward(_) => &opts.fail_closed,
+        Hook::Input(_) => &[],
+    };
     for family in Family::BOTH {
         rules.push(Rule {
             counter: false,
@@ -516,7 +538,7 @@ fn base_chain(hook: Hook, dir: Direction, fail_closed: &[IpNet]) -> Chain {
     }
     // Only on forward: on input the node's own addresses in the CIDR (the gateway) are
     // sources too, and the node is trusted anyway.
-    if matches!(hook, Hook::Forward(_)) {
+    {
         for net in fail_closed {
             let family = Family::of(&net.addr());
             rules.push(Rule {
@@ -556,23 +578,15 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
     };
     b.out.chains.insert(
         CHAIN_INGRESS.into(),
-        base_chain(
-            Hook::Forward(PRIO_INGRESS),
-            Direction::Ingress,
-            &opts.fail_closed,
-        ),
+        base_chain(Hook::Forward(PRIO_INGRESS), Direction::Ingress, opts),
     );
     b.out.chains.insert(
         CHAIN_EGRESS.into(),
-        base_chain(
-            Hook::Forward(PRIO_EGRESS),
-            Direction::Egress,
-            &opts.fail_closed,
-        ),
+        base_chain(Hook::Forward(PRIO_EGRESS), Direction::Egress, opts),
     );
     b.out.chains.insert(
         CHAIN_EGRESS_LOCAL.into(),
-        base_chain(Hook::Input(PRIO_EGRESS), Direction::Egress, &[]),
+        base_chain(Hook::Input(PRIO_EGRESS), Direction::Egress, opts),
     );
     for dir in [Direction::Ingress, Direction::Egress] {
         for family in Family::BOTH {

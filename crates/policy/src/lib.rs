@@ -29,7 +29,7 @@
 //!   (kubelet probes) leaves through output and is never filtered.
 //! * `ct state established,related accept` comes first: replies of admitted connections pass,
 //!   and a policy that starts denying does not cut connections already established (they
-//!   live until conntrack forgets them).
+//!   live until conntrack forgets them), unless [`CompileOptions::cut_established`].
 //! * ICMPv6 neighbour discovery (133-137) always passes.
 //! * Dispatch: a verdict map per direction and family, keyed by the IPs of the node's isolated
 //!   pods, jumps to the pod's namespace chain, which jumps to each policy of the namespace;

@@ -136,7 +136,12 @@ fn differential_random_policies() {
     let mut denied = 0;
     for seed in 1..=seeds {
         let model = common::random::random_model(seed, 4);
-        lab.apply(&model, &no_sctp());
+        // Every other seed judges established connections again: same verdicts on new ones.
+        let opts = CompileOptions {
+            cut_established: seed % 2 == 0,
+            ..no_sctp()
+        };
+        lab.apply(&model, &opts);
         // IPv6 too (the random ipBlocks are of either family).
         for (protocol, port, v6) in [
             (Protocol::Tcp, 80, false),
@@ -420,7 +425,7 @@ fn unknown_local_pods_fail_closed() {
         sctp: false,
         // Lab::apply puts each node's own CIDRs here.
         fail_closed: vec!["0.0.0.0/0".parse().unwrap()],
-        counters: false,
+        ..Default::default()
     };
     let mut model = xyz_model(1);
     let xa = model.remove_pod(&common::key("x/a")).unwrap();
@@ -575,4 +580,89 @@ fn counters_for_metrics() {
     assert!(packets("ni_x", "drop") >= 12, "{listing}");
     assert!(packets("pi_x_from-y", "accept") >= 3, "{listing}");
     assert_eq!(packets("pi_x_deny", "accept"), 0);
+}
+
+/// A policy that starts denying: established connections live on by default, and are cut
+/// (their next packet dropped) with `cut_established`; replies of admitted ones still pass.
+#[test]
+fn established_connections_live_on_or_are_cut() {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+    use std::time::Duration;
+
+    let mut lab = Lab::new("est");
+    // An echo server on x/a:9000.
+    let any: SocketAddr = (IpAddr::from([0u16; 8]), 9000).into();
+    let listener = weft_lab::probe::in_netns_thread(lab.pods["x/a"].handle(), move || {
+        TcpListener::bind(any).unwrap()
+    })
+    .unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 64];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let xa = common::pod_v4("x", "a");
+    let connect = |lab: &Lab, from: &str| -> TcpStream {
+        weft_lab::probe::in_netns_thread(lab.pods[from].handle(), move || {
+            let s = TcpStream::connect_timeout(&SocketAddr::new(xa, 9000), Duration::from_secs(2))
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
+            s
+        })
+        .unwrap()
+    };
+    let echo = |s: &mut TcpStream| -> bool {
+        let mut buf = [0u8; 4];
+        s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
+    };
+    let open = xyz_model(1);
+    let mut deny = open.clone();
+    deny.set_policy(common::np(
+        "x",
+        "deny",
+        serde_json::json!({ "podSelector": {}, "policyTypes": ["Ingress"] }),
+    ));
+    for cut in [false, true] {
+        let opts = CompileOptions {
+            sctp: false,
+            cut_established: cut,
+            ..Default::default()
+        };
+        lab.apply(&open, &opts);
+        // Same node (bridged) and across nodes (routed).
+        let mut conns: Vec<(&str, TcpStream)> = ["y/a", "z/a"]
+            .iter()
+            .map(|f| (*f, connect(&lab, f)))
+            .collect();
+        for (from, c) in conns.iter_mut() {
+            assert!(echo(c), "{from}: no echo before the policy (cut {cut})");
+        }
+        lab.apply(&deny, &opts);
+        for (from, c) in conns.iter_mut() {
+            assert_eq!(
+                echo(c),
+                !cut,
+                "{from} -> x/a established, cut_established {cut}"
+            );
+        }
+        // New connections are denied either way.
+        let new = common::lab::probe_async(
+            lab.pods["z/a"].handle(),
+            xa,
+            Protocol::Tcp,
+            9000,
+            Duration::from_millis(500),
+        );
+        assert!(!new.join().unwrap());
+    }
 }
