@@ -286,7 +286,7 @@ fn block_set_names(block: &IpBlock) -> (String, String) {
     (format!("b{d}_{h}"), format!("e{d}_{h}"))
 }
 
-fn named_port_set_name(name: &str, protocol: Protocol, family: Family) -> String {
+pub(crate) fn named_port_set_name(name: &str, protocol: Protocol, family: Family) -> String {
     format!(
         "n{}_{}",
         family.digit(),
@@ -296,7 +296,7 @@ fn named_port_set_name(name: &str, protocol: Protocol, family: Family) -> String
 
 /// Pods of `set`, through the namespace index. `namespaces`: every namespace name with its
 /// labels (computed once per compile, not per selector).
-fn members<'a>(
+pub(crate) fn members<'a>(
     model: &'a Model,
     namespaces: &[(&'a str, crate::model::Labels)],
     set: &'a PodSet,
@@ -313,7 +313,7 @@ fn members<'a>(
 }
 
 /// Namespaces known to the model plus those only pods mention (name label only), with labels.
-fn namespace_index(model: &Model) -> Vec<(&str, crate::model::Labels)> {
+pub(crate) fn namespace_index(model: &Model) -> Vec<(&str, crate::model::Labels)> {
     let mut names: BTreeSet<&str> = model.namespaces.keys().map(String::as_str).collect();
     let mut last = "";
     for k in model.pods.keys() {
@@ -568,6 +568,15 @@ fn base_chain(hook: Hook, dir: Direction, opts: &CompileOptions) -> Chain {
 /// on every node, whether or not a local pod needs it, so a pod arriving or leaving only ever
 /// changes elements. Only the dispatch maps are node-specific.
 pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
+    compile_indexed(model, opts).0
+}
+
+/// [`compile`], plus the pod sets and named ports it made sets for (the incremental
+/// [`crate::Compiler`] keeps them up to date element by element).
+pub(crate) fn compile_indexed(
+    model: &Model,
+    opts: &CompileOptions,
+) -> (Ruleset, Vec<PodSet>, Vec<(String, Protocol)>) {
     let mut b = Builder {
         model,
         namespaces: namespace_index(model),
@@ -690,7 +699,8 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
             .sets
             .insert(named_port_set_name(name, *protocol, Family::V6), v6);
     }
-    b.out
+    let pod_sets = b.pod_sets.into_keys().collect();
+    (b.out, pod_sets, wanted.into_iter().collect())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //!   what a trace can explain with).
 //! * [`compile`]: [`compile`] a model into the desired [`Ruleset`] of one node's table
 //!   `inet weft-policy` (plain data).
+//! * [`incremental`]: [`Compiler`], the same desired state kept up to date event by event.
 //! * [`nft`]: [`diff`] (old, new) -> the minimal [`Batch`], [`build`] for start-up; rendered
 //!   as one `nft -j -f -` JSON transaction.
 //! * [`apply`]: [`Applier`], which runs batches and remembers what it programmed.
@@ -49,6 +50,7 @@
 pub mod apply;
 pub mod compile;
 pub mod eval;
+pub mod incremental;
 pub mod k8s;
 pub mod model;
 pub mod nft;
@@ -56,6 +58,7 @@ pub mod nft;
 pub use apply::{Applier, ApplyError, ApplyStats};
 pub use compile::{compile, CompileOptions, Family, Ruleset, TABLE};
 pub use eval::{evaluate, Decision, Endpoint, Verdict};
+pub use incremental::Compiler;
 pub use model::{
     Direction, IpBlock, Key, Labels, Model, NamedPort, Namespace, Namespaces, Operator, Peer, Pod,
     PodSet, Policy, PortRef, PortSpec, Protocol, Requirement, Rule, Selector,
