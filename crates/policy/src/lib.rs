@@ -15,11 +15,11 @@
 //! ## How weftd uses it
 //!
 //! ```text
-//! let mut model = Model::new();          // fed from the watches, via k8s::{pod, namespace, policy}
+//! let mut compiler = Compiler::new(Model::new(), opts);  // or compile(&model, &opts) per batch
 //! let mut applier = Applier::new();
-//! on every batch of events:
-//!     model.set_pod(k8s::pod(&pod, node_name)?);  ...
-//!     applier.apply(&compile(&model, &CompileOptions::default()))?;
+//! on every batch of events (from the watches, via k8s::{pod, namespace, policy}):
+//!     compiler.set_pod(k8s::pod(&pod, node_name)?);  ...
+//!     applier.apply(compiler.ruleset())?;
 //!     // first call: table replaced atomically; then diffs against the last programmed state
 //! ```
 //!
