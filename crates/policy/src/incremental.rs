@@ -1,8 +1,8 @@
-//! The incremental compiler: the same desired state as [`compile`], kept up to date per event.
+//! The incremental compiler: the same desired state as [`compile()`](crate::compile::compile), kept up to date per event.
 //! A pod event recomputes only the elements of its addresses (in every pod set, named-port set,
 //! the known sets and the dispatch maps); a namespace event the members of the sets selecting
 //! namespaces; a policy event recompiles (rare, and a policy can change any set). Exact: the
-//! tests compare it with [`compile`] over random event streams.
+//! tests compare it with [`compile()`](crate::compile::compile) over random event streams.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -46,7 +46,7 @@ impl Compiler {
         &self.model
     }
 
-    /// The desired state after every event so far (what [`compile`] of [`Self::model`] gives).
+    /// The desired state after every event so far (what [`compile()`](crate::compile::compile) of [`Self::model`] gives).
     pub fn ruleset(&self) -> &Ruleset {
         &self.ruleset
     }
