@@ -5,7 +5,7 @@
 //!   [`k8s`] converts k8s-openapi objects into them.
 //! * [`eval`]: [`evaluate`], the reference evaluator with reasons (the truth for tests, and
 //!   what a trace can explain with).
-//! * [`compile`]: [`compile`] a model into the desired [`Ruleset`] of one node's table
+//! * [`mod@compile`]: [`compile()`] a model into the desired [`Ruleset`] of one node's table
 //!   `inet weft-policy` (plain data).
 //! * [`incremental`]: [`Compiler`], the same desired state kept up to date event by event.
 //! * [`nft`]: [`diff`] (old, new) -> the minimal [`Batch`], [`build`] for start-up; rendered
