@@ -67,6 +67,16 @@ pub struct CompileOptions {
     /// IP from IPAM) before ADD returns; until then the pod can neither send nor be reached.
     /// Empty: no such rule (an unknown local address is treated as outside every pod).
     pub fail_closed: Vec<IpNet>,
+    /// Packet counters for metrics: on each accept of a policy chain (what that rule admitted;
+    /// reset when the policy changes, as its chain is rewritten) and on each namespace chain's
+    /// drop (what the policies isolating pods of that namespace denied).
+    pub counters: bool,
+    /// A policy that starts denying also cuts connections already established: only replies
+    /// (and ICMP errors) skip the policies, the original direction of every connection is
+    /// judged again packet by packet (it costs a map lookup per packet of isolated pods).
+    /// Off: `ct state established,related accept` first, established connections live on
+    /// until conntrack forgets them (what most implementations do).
+    pub cut_established: bool,
 }
 
 impl Default for CompileOptions {
@@ -74,6 +84,8 @@ impl Default for CompileOptions {
         CompileOptions {
             sctp: true,
             fail_closed: Vec::new(),
+            counters: false,
+            cut_established: false,
         }
     }
 }
@@ -148,6 +160,10 @@ pub enum AddrField {
 pub enum Match {
     /// `ct state established,related`
     EstablishedRelated,
+    /// `ct state related`
+    Related,
+    /// `ct direction reply`: replies (always of an established connection)
+    EstablishedReply,
     /// `icmpv6 type { nd-router-solicit .. nd-redirect }` (133-137)
     NeighbourDiscovery,
     /// `ip saddr @set`, `ip6 daddr != @set`, ...
@@ -184,6 +200,8 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Rule {
     pub matches: Vec<Match>,
+    /// `counter` before the verdict ([`CompileOptions::counters`]).
+    pub counter: bool,
     pub action: Action,
 }
 
@@ -268,7 +286,7 @@ fn block_set_names(block: &IpBlock) -> (String, String) {
     (format!("b{d}_{h}"), format!("e{d}_{h}"))
 }
 
-fn named_port_set_name(name: &str, protocol: Protocol, family: Family) -> String {
+pub(crate) fn named_port_set_name(name: &str, protocol: Protocol, family: Family) -> String {
     format!(
         "n{}_{}",
         family.digit(),
@@ -276,26 +294,44 @@ fn named_port_set_name(name: &str, protocol: Protocol, family: Family) -> String
     )
 }
 
-/// Pods of `set`, through the namespace index.
-fn members<'a>(model: &'a Model, set: &'a PodSet) -> Vec<&'a crate::model::Pod> {
+/// Pods of `set`, through the namespace index. `namespaces`: every namespace name with its
+/// labels (computed once per compile, not per selector).
+pub(crate) fn members<'a>(
+    model: &'a Model,
+    namespaces: &[(&'a str, crate::model::Labels)],
+    set: &'a PodSet,
+) -> Vec<&'a crate::model::Pod> {
     match &set.namespaces {
         Namespaces::Named(_) => model.pods_in(set).collect(),
-        Namespaces::Selected(sel) => {
-            // Namespaces known to the model plus those only pods mention (name label only).
-            let mut names: BTreeSet<&str> = model.namespaces.keys().map(String::as_str).collect();
-            names.extend(model.pods.keys().map(|k| k.namespace.as_str()));
-            names
-                .into_iter()
-                .filter(|ns| sel.matches(&model.namespace_labels(ns)))
-                .flat_map(|ns| model.pods_of_namespace(ns))
-                .filter(|p| !p.host_network && set.pods.matches(&p.labels))
-                .collect()
+        Namespaces::Selected(sel) => namespaces
+            .iter()
+            .filter(|(_, labels)| sel.matches(labels))
+            .flat_map(|(ns, _)| model.pods_of_namespace(ns))
+            .filter(|p| !p.host_network && set.pods.matches(&p.labels))
+            .collect(),
+    }
+}
+
+/// Namespaces known to the model plus those only pods mention (name label only), with labels.
+pub(crate) fn namespace_index(model: &Model) -> Vec<(&str, crate::model::Labels)> {
+    let mut names: BTreeSet<&str> = model.namespaces.keys().map(String::as_str).collect();
+    let mut last = "";
+    for k in model.pods.keys() {
+        // Keys sort by namespace: one insert per namespace, not per pod.
+        if k.namespace != last {
+            names.insert(&k.namespace);
+            last = &k.namespace;
         }
     }
+    names
+        .into_iter()
+        .map(|ns| (ns, model.namespace_labels(ns)))
+        .collect()
 }
 
 struct Builder<'a> {
     model: &'a Model,
+    namespaces: Vec<(&'a str, crate::model::Labels)>,
     opts: &'a CompileOptions,
     out: Ruleset,
     pod_sets: BTreeMap<PodSet, ()>,
@@ -308,7 +344,7 @@ impl Builder<'_> {
             self.pod_sets.insert(set.clone(), ());
             let mut v4 = Set::new(SetKind::Addr(Family::V4), set.to_string());
             let mut v6 = Set::new(SetKind::Addr(Family::V6), set.to_string());
-            for pod in members(self.model, set) {
+            for pod in members(self.model, &self.namespaces, set) {
                 for ip in &pod.ips {
                     let s = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
                     s.elements.insert(Element::Addr(*ip));
@@ -425,6 +461,7 @@ impl Builder<'_> {
         for family in Family::BOTH {
             let set = self.pod_set(&targets, family);
             rules.push(Rule {
+                counter: false,
                 matches: vec![Match::InSet {
                     family,
                     field: own,
@@ -442,6 +479,7 @@ impl Builder<'_> {
                 for pm in &peers {
                     for qm in &ports {
                         let r = Rule {
+                            counter: false,
                             matches: pm.iter().chain(qm).cloned().collect(),
                             action: Action::Accept,
                         };
@@ -458,24 +496,38 @@ impl Builder<'_> {
     }
 }
 
-fn base_chain(hook: Hook, dir: Direction, fail_closed: &[IpNet]) -> Chain {
+fn base_chain(hook: Hook, dir: Direction, opts: &CompileOptions) -> Chain {
     let field = match dir {
         Direction::Ingress => AddrField::Dst,
         Direction::Egress => AddrField::Src,
     };
-    let mut rules = vec![
-        Rule {
-            matches: vec![Match::EstablishedRelated],
-            action: Action::Accept,
-        },
+    let accept = |m: Match| Rule {
+        counter: false,
+        matches: vec![m],
+        action: Action::Accept,
+    };
+    let mut rules = if opts.cut_established {
+        // Replies and ICMP errors pass; the original direction of an established connection
+        // goes through the policies again, packet by packet.
+        vec![accept(Match::Related), accept(Match::EstablishedReply)]
+    } else {
+        vec![accept(Match::EstablishedRelated)]
+    };
+    rules.extend([
         // Under default deny a pod must still resolve its neighbours (v6 has no ARP).
         Rule {
+            counter: false,
             matches: vec![Match::NeighbourDiscovery],
             action: Action::Accept,
         },
-    ];
+    ]);
+    let fail_closed: &[IpNet] = match hook {
+        Hook::Forward(_) => &opts.fail_closed,
+        Hook::Input(_) => &[],
+    };
     for family in Family::BOTH {
         rules.push(Rule {
+            counter: false,
             matches: Vec::new(),
             action: Action::Dispatch {
                 family,
@@ -486,10 +538,11 @@ fn base_chain(hook: Hook, dir: Direction, fail_closed: &[IpNet]) -> Chain {
     }
     // Only on forward: on input the node's own addresses in the CIDR (the gateway) are
     // sources too, and the node is trusted anyway.
-    if matches!(hook, Hook::Forward(_)) {
+    {
         for net in fail_closed {
             let family = Family::of(&net.addr());
             rules.push(Rule {
+                counter: false,
                 matches: vec![
                     Match::InPrefix { field, net: *net },
                     Match::InSet {
@@ -515,8 +568,18 @@ fn base_chain(hook: Hook, dir: Direction, fail_closed: &[IpNet]) -> Chain {
 /// on every node, whether or not a local pod needs it, so a pod arriving or leaving only ever
 /// changes elements. Only the dispatch maps are node-specific.
 pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
+    compile_indexed(model, opts).0
+}
+
+/// [`compile`], plus the pod sets and named ports it made sets for (the incremental
+/// [`crate::Compiler`] keeps them up to date element by element).
+pub(crate) fn compile_indexed(
+    model: &Model,
+    opts: &CompileOptions,
+) -> (Ruleset, Vec<PodSet>, Vec<(String, Protocol)>) {
     let mut b = Builder {
         model,
+        namespaces: namespace_index(model),
         opts,
         out: Ruleset::default(),
         pod_sets: BTreeMap::new(),
@@ -524,23 +587,15 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
     };
     b.out.chains.insert(
         CHAIN_INGRESS.into(),
-        base_chain(
-            Hook::Forward(PRIO_INGRESS),
-            Direction::Ingress,
-            &opts.fail_closed,
-        ),
+        base_chain(Hook::Forward(PRIO_INGRESS), Direction::Ingress, opts),
     );
     b.out.chains.insert(
         CHAIN_EGRESS.into(),
-        base_chain(
-            Hook::Forward(PRIO_EGRESS),
-            Direction::Egress,
-            &opts.fail_closed,
-        ),
+        base_chain(Hook::Forward(PRIO_EGRESS), Direction::Egress, opts),
     );
     b.out.chains.insert(
         CHAIN_EGRESS_LOCAL.into(),
-        base_chain(Hook::Input(PRIO_EGRESS), Direction::Egress, &[]),
+        base_chain(Hook::Input(PRIO_EGRESS), Direction::Egress, opts),
     );
     for dir in [Direction::Ingress, Direction::Egress] {
         for family in Family::BOTH {
@@ -575,6 +630,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
                 .or_default()
                 .rules
                 .push(Rule {
+                    counter: false,
                     matches: Vec::new(),
                     action: Action::Jump(name),
                 });
@@ -596,6 +652,7 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
         for (ns, mut chain) in ns_chains {
             // No policy of the namespace admitted it: the pod is isolated, drop.
             chain.rules.push(Rule {
+                counter: false,
                 matches: Vec::new(),
                 action: Action::Drop,
             });
@@ -603,6 +660,18 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
         }
     }
 
+    if opts.counters {
+        for (name, chain) in b.out.chains.iter_mut() {
+            let (policy, namespace) = (
+                name.starts_with("pi_") || name.starts_with("pe_"),
+                name.starts_with("ni_") || name.starts_with("ne_"),
+            );
+            for r in chain.rules.iter_mut() {
+                r.counter = (policy && r.action == Action::Accept)
+                    || (namespace && r.action == Action::Drop);
+            }
+        }
+    }
     for ((dir, ip), chain) in dispatch {
         if let Some(set) = b.out.sets.get_mut(&dispatch_map(dir, Family::of(&ip))) {
             set.elements.insert(Element::Jump(ip, chain));
@@ -630,7 +699,8 @@ pub fn compile(model: &Model, opts: &CompileOptions) -> Ruleset {
             .sets
             .insert(named_port_set_name(name, *protocol, Family::V6), v6);
     }
-    b.out
+    let pod_sets = b.pod_sets.into_keys().collect();
+    (b.out, pod_sets, wanted.into_iter().collect())
 }
 
 #[cfg(test)]

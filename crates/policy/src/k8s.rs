@@ -17,8 +17,8 @@ use crate::model::{
 };
 
 /// An API object the model cannot take, with the object (`kind namespace/name`) and what is
-/// wrong, e.g. "NetworkPolicy x/allow-web: ingress[0].from[1].ipBlock.cidr: invalid CIDR
-/// \"10.0.0.0/33\"".
+/// wrong, e.g. `NetworkPolicy x/allow-web: spec.ingress[0].from[1].ipBlock.cidr: invalid CIDR
+/// "10.0.0.0/33"`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {object}: {field}: {reason}")]
 pub struct ConversionError {

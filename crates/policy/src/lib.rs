@@ -5,8 +5,9 @@
 //!   [`k8s`] converts k8s-openapi objects into them.
 //! * [`eval`]: [`evaluate`], the reference evaluator with reasons (the truth for tests, and
 //!   what a trace can explain with).
-//! * [`compile`]: [`compile`] a model into the desired [`Ruleset`] of one node's table
+//! * [`mod@compile`]: [`compile()`] a model into the desired [`Ruleset`] of one node's table
 //!   `inet weft-policy` (plain data).
+//! * [`incremental`]: [`Compiler`], the same desired state kept up to date event by event.
 //! * [`nft`]: [`diff`] (old, new) -> the minimal [`Batch`], [`build`] for start-up; rendered
 //!   as one `nft -j -f -` JSON transaction.
 //! * [`apply`]: [`Applier`], which runs batches and remembers what it programmed.
@@ -14,11 +15,11 @@
 //! ## How weftd uses it
 //!
 //! ```text
-//! let mut model = Model::new();          // fed from the watches, via k8s::{pod, namespace, policy}
+//! let mut compiler = Compiler::new(Model::new(), opts);  // or compile(&model, &opts) per batch
 //! let mut applier = Applier::new();
-//! on every batch of events:
-//!     model.set_pod(k8s::pod(&pod, node_name)?);  ...
-//!     applier.apply(&compile(&model, &CompileOptions::default()))?;
+//! on every batch of events (from the watches, via k8s::{pod, namespace, policy}):
+//!     compiler.set_pod(k8s::pod(&pod, node_name)?);  ...
+//!     applier.apply(compiler.ruleset())?;
 //!     // first call: table replaced atomically; then diffs against the last programmed state
 //! ```
 //!
@@ -29,7 +30,7 @@
 //!   (kubelet probes) leaves through output and is never filtered.
 //! * `ct state established,related accept` comes first: replies of admitted connections pass,
 //!   and a policy that starts denying does not cut connections already established (they
-//!   live until conntrack forgets them).
+//!   live until conntrack forgets them), unless [`CompileOptions::cut_established`].
 //! * ICMPv6 neighbour discovery (133-137) always passes.
 //! * Dispatch: a verdict map per direction and family, keyed by the IPs of the node's isolated
 //!   pods, jumps to the pod's namespace chain, which jumps to each policy of the namespace;
@@ -49,6 +50,7 @@
 pub mod apply;
 pub mod compile;
 pub mod eval;
+pub mod incremental;
 pub mod k8s;
 pub mod model;
 pub mod nft;
@@ -56,6 +58,7 @@ pub mod nft;
 pub use apply::{Applier, ApplyError, ApplyStats};
 pub use compile::{compile, CompileOptions, Family, Ruleset, TABLE};
 pub use eval::{evaluate, Decision, Endpoint, Verdict};
+pub use incremental::Compiler;
 pub use model::{
     Direction, IpBlock, Key, Labels, Model, NamedPort, Namespace, Namespaces, Operator, Peer, Pod,
     PodSet, Policy, PortRef, PortSpec, Protocol, Requirement, Rule, Selector,

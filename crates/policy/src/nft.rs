@@ -368,25 +368,42 @@ fn eq(left: Expression<'static>, right: Expression<'static>, negate: bool) -> St
     })
 }
 
+/// `ct state in {..}`: `in` is a flags test (`==` with a list would compare the whole value).
+fn ct_state(states: &[&'static str]) -> Statement<'static> {
+    Statement::Match(NftMatch {
+        left: Expression::Named(NamedExpression::CT(CT {
+            key: "state".into(),
+            family: None,
+            dir: None,
+        })),
+        right: Expression::List(
+            states
+                .iter()
+                .map(|s| Expression::String((*s).into()))
+                .collect(),
+        ),
+        op: Operator::IN,
+    })
+}
+
 /// The nftables statements of a rule.
 pub fn rule_statements(rule: &Rule) -> Vec<Statement<'static>> {
     let mut out: Vec<Statement<'static>> = rule
         .matches
         .iter()
         .map(|m| match m {
-            // `in`: a flags test (`==` with a list would compare the whole value).
-            Match::EstablishedRelated => Statement::Match(NftMatch {
-                left: Expression::Named(NamedExpression::CT(CT {
-                    key: "state".into(),
+            Match::Related => ct_state(&["related"]),
+            // Every packet of the reply direction belongs to an established connection.
+            Match::EstablishedReply => eq(
+                Expression::Named(NamedExpression::CT(CT {
+                    key: "direction".into(),
                     family: None,
                     dir: None,
                 })),
-                right: Expression::List(vec![
-                    Expression::String("established".into()),
-                    Expression::String("related".into()),
-                ]),
-                op: Operator::IN,
-            }),
+                Expression::String("reply".into()),
+                false,
+            ),
+            Match::EstablishedRelated => ct_state(&["established", "related"]),
             Match::NeighbourDiscovery => eq(
                 payload("icmpv6", "type"),
                 Expression::Named(NamedExpression::Set(
@@ -442,6 +459,9 @@ pub fn rule_statements(rule: &Rule) -> Vec<Statement<'static>> {
             ),
         })
         .collect();
+    if rule.counter {
+        out.push(Statement::Counter(nftables::stmt::Counter::Anonymous(None)));
+    }
     out.push(match &rule.action {
         Action::Accept => Statement::Accept(None),
         Action::Drop => Statement::Drop(None),

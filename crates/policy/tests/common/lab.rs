@@ -259,28 +259,6 @@ impl Lab {
         }
         Truth(m)
     }
-
-    /// One probe again, slowly: confirms a "denied" under load before it counts.
-    pub fn probe_slow(
-        &self,
-        from: &str,
-        to: &str,
-        protocol: Protocol,
-        port: u16,
-        v6: bool,
-    ) -> bool {
-        let (tns, tp) = to.split_once('/').unwrap();
-        let dst = if v6 { pod_v6(tns, tp) } else { pod_v4(tns, tp) };
-        probe_async(
-            self.pods[from].handle(),
-            dst,
-            protocol,
-            port,
-            Duration::from_secs(3),
-        )
-        .join()
-        .unwrap()
-    }
 }
 
 impl Drop for Lab {

@@ -103,7 +103,16 @@ fn selector(rng: &mut Rng, ns: bool) -> Value {
 }
 
 fn peer(rng: &mut Rng) -> Value {
-    match rng.below(5) {
+    match rng.below(6) {
+        5 => {
+            // IPv6: a node's pod prefix, maybe without one pod.
+            let node = 1 + rng.below(2);
+            let mut b = json!({ "cidr": format!("fd00:10:244:{node}::/64") });
+            if rng.chance(50) {
+                b["except"] = json!([format!("fd00:10:244:{node}::{}/128", 10 + rng.below(9))]);
+            }
+            json!({ "ipBlock": b })
+        }
         0 => json!({ "podSelector": selector(rng, false) }),
         1 => json!({ "namespaceSelector": selector(rng, true) }),
         2 => {
