@@ -278,6 +278,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             client,
             cfg.node_name.clone(),
             cidrs_rx,
+            cfg.policy_cuts_established,
             shared.clone(),
         ));
     }

@@ -108,6 +108,11 @@ pub struct RunConfig {
     /// error.
     #[arg(long, env = "WEFT_NETWORK_POLICY")]
     pub network_policy: Option<bool>,
+    /// A policy that starts denying also cuts connections already established (only replies
+    /// and related packets skip the policies). Off: established connections live on until
+    /// conntrack forgets them, as in most implementations.
+    #[arg(long, env = "WEFT_POLICY_CUTS_ESTABLISHED")]
+    pub policy_cuts_established: bool,
 
     #[arg(long, env = "WEFT_BACKEND", value_enum, default_value = "auto")]
     pub backend: BackendKind,

@@ -222,6 +222,7 @@ pub async fn run(
     client: kube::Client,
     node: String,
     mut pod_cidrs: watch::Receiver<Vec<IpNet>>,
+    cut_established: bool,
     shared: Arc<Shared>,
 ) {
     let mut changes = futures::stream::select_all([
@@ -282,6 +283,8 @@ pub async fn run(
         let opts = CompileOptions {
             sctp: true,
             fail_closed: pod_cidrs.borrow().clone(),
+            cut_established,
+            ..CompileOptions::default()
         };
         let desired = compile(&state.model, &opts);
         let a = applier.clone();
