@@ -746,3 +746,93 @@ fn pods_keep_their_network_through_apiserver_crash_kubelet_restart_and_weft_roll
     // n1 <-> n2 unaffected.
     assert!(weft_lab::probe::ping(a.ns(), b_ip));
 }
+
+fn lab_bin(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_weft-lab"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn weft_lab_cli_up_kubectl_exec_down_with_kubernetes() {
+    let up = lab_bin(&[
+        "up",
+        "--datastore",
+        "kubernetes",
+        "--keep",
+        "--nodes",
+        "1",
+        "--pods-per-node",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(
+        up.status.success(),
+        "weft-lab up: {stdout}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("lab ")?.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no lab id in {stdout}"))
+        .to_string();
+    // Whatever happens below, the lab goes.
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = registry::down(&self.0);
+        }
+    }
+    let _down = Down(id.clone());
+    let pods = lab_bin(&[
+        "kubectl", "--id", &id, "--", "get", "pods", "-A", "-o", "json",
+    ]);
+    assert!(
+        pods.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pods.stderr)
+    );
+    let pods: Value = serde_json::from_slice(&pods.stdout).unwrap();
+    let far_ip = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["metadata"]["name"] == "n2-p1")
+        .and_then(|p| p["status"]["podIP"].as_str())
+        .unwrap_or_else(|| panic!("no pod n2-p1 (the far node's): {pods}"))
+        .to_string();
+    // A command of this machine in a pod's netns: n1-p1 reaches the far node's pod (VXLAN).
+    let ping = lab_bin(&[
+        "exec",
+        "--id",
+        &id,
+        "default/n1-p1",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &far_ip,
+    ]);
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    // And its exit status is the command's.
+    let fail = lab_bin(&["exec", "--id", &id, "default/n1-p1", "--", "false"]);
+    assert!(!fail.status.success());
+    let down = lab_bin(&["down", "--id", &id]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(registry::netns_of(&id).is_empty(), "netns left");
+    assert!(!registry::lab_dir(&id).exists(), "dir left");
+    let after = lab_bin(&["kubectl", "--id", &id, "--", "get", "nodes"]);
+    assert!(!after.status.success(), "kubectl still answers after down");
+}
