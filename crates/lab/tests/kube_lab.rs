@@ -544,15 +544,17 @@ fn weft_kernel_objects(ns: &weft_netops::netns::NetNs) -> Vec<String> {
 }
 
 #[test]
-fn pods_keep_their_network_through_apiserver_crash_kubelet_restart_and_weft_rolling_update() {
-    let mut c = Cluster::build(kube(2, true)).unwrap_or_else(|e| panic!("{e}"));
+fn node_added_and_pods_keep_their_network_through_apiserver_crash_kubelet_restart_and_rolling_update(
+) {
+    // n3 (the far node) joins later.
+    let mut cfg = kube(2, true);
+    cfg.kube_deferred_nodes = vec!["n3".into()];
+    let mut c = Cluster::build(cfg).unwrap_or_else(|e| panic!("{e}"));
     c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.kube_node_names(), ["n1", "n2"]);
     let a = c.add_kube_pod("n1", "a").unwrap_or_else(|e| panic!("{e}"));
     let b = c.add_kube_pod("n2", "b").unwrap_or_else(|e| panic!("{e}"));
-    let far = c
-        .add_kube_pod("n3", "far")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (b_ip, far_ip) = (b.ipv4().unwrap(), far.ipv4().unwrap());
+    let b_ip = b.ipv4().unwrap();
 
     // kube-apiserver kill -9 and restart: the data path does not depend on it.
     let p = Pinger::start(a.ns(), b_ip);
@@ -629,6 +631,44 @@ fn pods_keep_their_network_through_apiserver_crash_kubelet_restart_and_weft_roll
     let pod_b = c.control_plane().unwrap().get_json(&["pod", "b"]).unwrap();
     assert_eq!(pod_b["status"]["podIP"], b_ip.to_string());
     assert_eq!(pod_b["status"]["containerStatuses"][0]["restartCount"], 0);
+
+    // A Node added to the running cluster: it registers, weft's DaemonSet runs there, the
+    // others route its pod CIDR (VXLAN: it is behind the router) and pods reach its pods.
+    c.add_kube_node("n3").unwrap_or_else(|e| panic!("{e}"));
+    let n3_cidr = c
+        .control_plane()
+        .unwrap()
+        .get_json(&["node", "n3"])
+        .unwrap()["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until(
+        "n1 routes the new node over VXLAN",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = agent_get(&c, "n1", "/status");
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let ok = v["last_reconcile"]["peers"].as_array().is_some_and(|p| {
+                p.iter().any(|p| {
+                    p["name"] == "n3"
+                        && p["path"] == "vxlan"
+                        && p["routes_programmed"] == true
+                        && p["pod_cidrs"][0] == n3_cidr.as_str()
+                })
+            });
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("peers {}", v["last_reconcile"]["peers"]))
+            }
+        },
+    );
+    let far = c
+        .add_kube_pod("n3", "far")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let far_ip = far.ipv4().unwrap();
+    assert!(weft_lab::probe::ping(a.ns(), far_ip), "a -> far");
 
     // A rolling update of the DaemonSet to a new image tag, pods on different nodes (host-gw
     // and VXLAN) pinging throughout.
