@@ -116,6 +116,16 @@ fn host_paths() -> Vec<(String, bool)> {
         .collect()
 }
 
+/// A process's start time (field 22 of /proc/PID/stat), None once it is gone.
+fn start_time(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    if rest.split_whitespace().next() == Some("Z") {
+        return None;
+    }
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
 #[test]
 fn kubelets_register_from_their_own_mount_namespaces_and_leave_the_machine_as_it_was() {
     let sysctls_before = host_sysctls();
@@ -167,15 +177,24 @@ fn kubelets_register_from_their_own_mount_namespaces_and_leave_the_machine_as_it
     );
     // kubelet's own dirs live in the node's dir.
     assert!(kn.spec.dir.join("root/var-lib-kubelet/pods").is_dir());
-    let mntns = kn.mntns;
+    // Its processes (pid and start time: a pid may be reused) must all be gone after drop.
+    let procs: Vec<(i32, String)> = kn
+        .processes()
+        .into_iter()
+        .filter_map(|p| Some((p, start_time(p)?)))
+        .collect();
+    assert!(
+        procs.len() >= 3,
+        "containerd, kubelet, kube-proxy: {procs:?}"
+    );
     drop(c);
     assert_eq!(host_sysctls(), sysctls_before);
     assert_eq!(host_paths(), paths_before);
-    assert_eq!(
-        registry::kill_mntns(mntns),
-        0,
-        "processes left in the node's mount ns"
-    );
+    let left: Vec<&(i32, String)> = procs
+        .iter()
+        .filter(|(p, t)| start_time(*p).as_ref() == Some(t))
+        .collect();
+    assert!(left.is_empty(), "node processes left: {left:?}");
     assert!(registry::netns_of(&id).is_empty(), "netns left");
     assert!(!dir.exists(), "{} left", dir.display());
 }
