@@ -3,7 +3,8 @@
 //! weft installed by its own DaemonSet.
 //!
 //! Root; needs the Kubernetes binaries (scripts/test.sh builds them once and exports
-//! WEFT_KUBE_ASSETS), etcd, openssl, and `weft`/`weftd` built.
+//! WEFT_KUBE_ASSETS), etcd, openssl, containerd, runc, and `weft`, `weftd`, `weft-agnhost`
+//! built (`cargo build --workspace`). Cost: see the README ("A real Kubernetes in the lab").
 
 use serde_json::{json, Value};
 use std::time::Duration;
