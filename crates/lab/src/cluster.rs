@@ -87,6 +87,9 @@ pub struct LabConfig {
     pub etcd_lease_ttl: String,
     /// Extra arguments for every `weftd run`.
     pub agent_args: Vec<String>,
+    /// `--datastore kubernetes`: nodes whose kubelet is not started with the others (a test
+    /// adds them later with [`Cluster::add_kube_node`]: a Node joining a running cluster).
+    pub kube_deferred_nodes: Vec<String>,
 }
 
 impl Default for LabConfig {
@@ -108,6 +111,7 @@ impl Default for LabConfig {
             resync_interval: "5s".into(),
             etcd_lease_ttl: "30s".into(),
             agent_args: Vec::new(),
+            kube_deferred_nodes: Vec::new(),
         }
     }
 }

@@ -6,8 +6,9 @@
 //! * [`topology`]: segments, router, world, nodes; [`netutil`]: the netlink helpers it uses.
 //! * [`pods`]: pods attached through a node's conflist.
 //! * [`proc`]: the one process guard; [`etcd`]: the one etcd launcher.
-//! * [`kube`]: a real Kubernetes control plane (certificates, apiserver, controller-manager,
-//!   scheduler) in a lab netns.
+//! * [`kube`]: a real Kubernetes in the lab: control plane (certificates, apiserver,
+//!   controller-manager, scheduler) in a lab netns, kubelet + containerd nodes in their own
+//!   mount namespaces, offline images, weft deployed by its DaemonSet, pods made with kubectl.
 //! * [`conflist`]: runs a CNI conflist as libcni does (ADD in order, DEL in reverse).
 //! * [`matrix`]: the connectivity matrix and its expected-vs-actual check.
 //! * [`registry`]: lab ids and dirs, `down` (remove a lab), `shutdown_all` (signal handlers).

@@ -140,6 +140,11 @@ impl Proc {
         self.keep = true;
     }
 
+    /// Whether [`Proc::keep`] was called (or it was started detached).
+    pub fn is_kept(&self) -> bool {
+        self.keep
+    }
+
     /// Sends `signal` (our own, not yet reaped child).
     pub fn signal(&self, signal: i32) {
         // SAFETY: plain kill(2) on our own unreaped child.

@@ -156,14 +156,16 @@ pub fn terminate(pid: i32, program: &str, grace: Duration) {
     }
 }
 
-/// Records a mount namespace (by inode) whose processes belong to the lab: a kube node's
-/// containerd, kubelet, shims, and below them the containers.
-pub fn record_mntns(dir: &Path, inode: u64) -> std::io::Result<()> {
+/// Records a kube node's mount namespace (by inode) and the lab netns it runs in (by name):
+/// its containerd, kubelet, shims, and below them the containers belong to the lab. A
+/// namespace inode alone is not an identity (a dead namespace's number is reused); the pair
+/// with a netns the lab still holds is.
+pub fn record_mntns(dir: &Path, mntns: u64, netns_name: &str) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("mntns"))?;
-    writeln!(f, "{inode}")
+    writeln!(f, "{mntns} {netns_name}")
 }
 
 fn ns_inode(pid: i32, kind: &str) -> Option<u64> {
@@ -183,13 +185,17 @@ fn parent_of(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// SIGKILLs every process in mount namespace `inode` and every descendant of those (the
-/// containers a shim runs have mount namespaces of their own). Returns how many.
-pub fn kill_mntns(inode: u64) -> usize {
+/// The processes in mount namespace `mntns` AND network namespace `netns` (a kube node's
+/// containerd, kubelet, kube-proxy, shims), and all their descendants (the containers, which
+/// have namespaces of their own). Empty for the machine's or our own mount namespace.
+pub fn node_processes(mntns: u64, netns: u64) -> Vec<i32> {
     let me = std::process::id() as i32;
-    // Never the machine's (or our own) mount namespace, whatever a pid file says.
-    if inode == 0 || ns_inode(me, "mnt") == Some(inode) || ns_inode(1, "mnt") == Some(inode) {
-        return 0;
+    if mntns == 0
+        || netns == 0
+        || ns_inode(me, "mnt") == Some(mntns)
+        || ns_inode(1, "mnt") == Some(mntns)
+    {
+        return Vec::new();
     }
     let pids: Vec<i32> = std::fs::read_dir("/proc")
         .into_iter()
@@ -198,13 +204,13 @@ pub fn kill_mntns(inode: u64) -> usize {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .filter(|p| *p != me)
         .collect();
-    let mut doomed: BTreeSet<i32> = pids
+    let mut found: BTreeSet<i32> = pids
         .iter()
         .copied()
-        .filter(|p| ns_inode(*p, "mnt") == Some(inode))
+        .filter(|p| ns_inode(*p, "mnt") == Some(mntns) && ns_inode(*p, "net") == Some(netns))
         .collect();
-    if doomed.is_empty() {
-        return 0;
+    if found.is_empty() {
+        return Vec::new();
     }
     // Descendants, to a fixed point (the process table is a snapshot).
     let parents: Vec<(i32, i32)> = pids
@@ -212,21 +218,27 @@ pub fn kill_mntns(inode: u64) -> usize {
         .filter_map(|p| Some((*p, parent_of(*p)?)))
         .collect();
     loop {
-        let before = doomed.len();
+        let before = found.len();
         for (p, pp) in &parents {
-            if doomed.contains(pp) && *p != me {
-                doomed.insert(*p);
+            if found.contains(pp) && *p != me {
+                found.insert(*p);
             }
         }
-        if doomed.len() == before {
+        if found.len() == before {
             break;
         }
     }
+    found.into_iter().collect()
+}
+
+/// SIGKILLs [`node_processes`] and waits (up to 5 s) until they are gone, so that their
+/// mounts and namespaces go with them. Returns how many.
+pub fn kill_node_processes(mntns: u64, netns: u64) -> usize {
+    let doomed = node_processes(mntns, netns);
     for p in &doomed {
-        // SAFETY: plain kill(2); every pid was just seen in the lab's mount namespace or below.
+        // SAFETY: plain kill(2); every pid was just seen in the node's namespaces or below.
         unsafe { libc::kill(*p, libc::SIGKILL) };
     }
-    // Wait (briefly) until they are gone, so that their mounts and netns go with them.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline
         && doomed
@@ -312,13 +324,25 @@ pub fn down(id: &str) -> std::io::Result<()> {
             s.spawn(move || terminate(*pid, prog, Duration::from_secs(3)));
         }
     });
-    // A kube node's mount namespace: containerd's shims and the containers below them.
-    for inode in std::fs::read_to_string(dir.join("mntns"))
+    // A kube node's mount namespace: containerd's shims and the containers below them. Only
+    // with the node's netns, which must still be one of this lab's.
+    let prefix = format!("{id}-");
+    for line in std::fs::read_to_string(dir.join("mntns"))
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.trim().parse::<u64>().ok())
     {
-        kill_mntns(inode);
+        let Some((mnt, netns)) = line.trim().split_once(' ') else {
+            continue;
+        };
+        let (Ok(mnt), true) = (mnt.parse::<u64>(), netns.starts_with(&prefix)) else {
+            continue;
+        };
+        let net = weft_netops::netns::NetNs::open(weft_netops::netns::named_path(netns))
+            .ok()
+            .and_then(|ns| ns.inode().ok());
+        if let Some(net) = net {
+            kill_node_processes(mnt, net);
+        }
     }
     for tasks in kube_task_dirs(&dir) {
         remove_container_cgroups(&container_ids(&tasks));

@@ -3,7 +3,8 @@
 //! weft installed by its own DaemonSet.
 //!
 //! Root; needs the Kubernetes binaries (scripts/test.sh builds them once and exports
-//! WEFT_KUBE_ASSETS), etcd, openssl, and `weft`/`weftd` built.
+//! WEFT_KUBE_ASSETS), etcd, openssl, containerd, runc, and `weft`, `weftd`, `weft-agnhost`
+//! built (`cargo build --workspace`). Cost: see the README ("A real Kubernetes in the lab").
 
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -116,6 +117,16 @@ fn host_paths() -> Vec<(String, bool)> {
         .collect()
 }
 
+/// A process's start time (field 22 of /proc/PID/stat), None once it is gone.
+fn start_time(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    if rest.split_whitespace().next() == Some("Z") {
+        return None;
+    }
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
 #[test]
 fn kubelets_register_from_their_own_mount_namespaces_and_leave_the_machine_as_it_was() {
     let sysctls_before = host_sysctls();
@@ -167,15 +178,24 @@ fn kubelets_register_from_their_own_mount_namespaces_and_leave_the_machine_as_it
     );
     // kubelet's own dirs live in the node's dir.
     assert!(kn.spec.dir.join("root/var-lib-kubelet/pods").is_dir());
-    let mntns = kn.mntns;
+    // Its processes (pid and start time: a pid may be reused) must all be gone after drop.
+    let procs: Vec<(i32, String)> = kn
+        .processes()
+        .into_iter()
+        .filter_map(|p| Some((p, start_time(p)?)))
+        .collect();
+    assert!(
+        procs.len() >= 3,
+        "containerd, kubelet, kube-proxy: {procs:?}"
+    );
     drop(c);
     assert_eq!(host_sysctls(), sysctls_before);
     assert_eq!(host_paths(), paths_before);
-    assert_eq!(
-        registry::kill_mntns(mntns),
-        0,
-        "processes left in the node's mount ns"
-    );
+    let left: Vec<&(i32, String)> = procs
+        .iter()
+        .filter(|(p, t)| start_time(*p).as_ref() == Some(t))
+        .collect();
+    assert!(left.is_empty(), "node processes left: {left:?}");
     assert!(registry::netns_of(&id).is_empty(), "netns left");
     assert!(!dir.exists(), "{} left", dir.display());
 }
@@ -544,15 +564,17 @@ fn weft_kernel_objects(ns: &weft_netops::netns::NetNs) -> Vec<String> {
 }
 
 #[test]
-fn pods_keep_their_network_through_apiserver_crash_kubelet_restart_and_weft_rolling_update() {
-    let mut c = Cluster::build(kube(2, true)).unwrap_or_else(|e| panic!("{e}"));
+fn node_added_and_pods_keep_their_network_through_apiserver_crash_kubelet_restart_and_rolling_update(
+) {
+    // n3 (the far node) joins later.
+    let mut cfg = kube(2, true);
+    cfg.kube_deferred_nodes = vec!["n3".into()];
+    let mut c = Cluster::build(cfg).unwrap_or_else(|e| panic!("{e}"));
     c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.kube_node_names(), ["n1", "n2"]);
     let a = c.add_kube_pod("n1", "a").unwrap_or_else(|e| panic!("{e}"));
     let b = c.add_kube_pod("n2", "b").unwrap_or_else(|e| panic!("{e}"));
-    let far = c
-        .add_kube_pod("n3", "far")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (b_ip, far_ip) = (b.ipv4().unwrap(), far.ipv4().unwrap());
+    let b_ip = b.ipv4().unwrap();
 
     // kube-apiserver kill -9 and restart: the data path does not depend on it.
     let p = Pinger::start(a.ns(), b_ip);
@@ -629,6 +651,44 @@ fn pods_keep_their_network_through_apiserver_crash_kubelet_restart_and_weft_roll
     let pod_b = c.control_plane().unwrap().get_json(&["pod", "b"]).unwrap();
     assert_eq!(pod_b["status"]["podIP"], b_ip.to_string());
     assert_eq!(pod_b["status"]["containerStatuses"][0]["restartCount"], 0);
+
+    // A Node added to the running cluster: it registers, weft's DaemonSet runs there, the
+    // others route its pod CIDR (VXLAN: it is behind the router) and pods reach its pods.
+    c.add_kube_node("n3").unwrap_or_else(|e| panic!("{e}"));
+    let n3_cidr = c
+        .control_plane()
+        .unwrap()
+        .get_json(&["node", "n3"])
+        .unwrap()["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until(
+        "n1 routes the new node over VXLAN",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = agent_get(&c, "n1", "/status");
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let ok = v["last_reconcile"]["peers"].as_array().is_some_and(|p| {
+                p.iter().any(|p| {
+                    p["name"] == "n3"
+                        && p["path"] == "vxlan"
+                        && p["routes_programmed"] == true
+                        && p["pod_cidrs"][0] == n3_cidr.as_str()
+                })
+            });
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("peers {}", v["last_reconcile"]["peers"]))
+            }
+        },
+    );
+    let far = c
+        .add_kube_pod("n3", "far")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let far_ip = far.ipv4().unwrap();
+    assert!(weft_lab::probe::ping(a.ns(), far_ip), "a -> far");
 
     // A rolling update of the DaemonSet to a new image tag, pods on different nodes (host-gw
     // and VXLAN) pinging throughout.
@@ -822,4 +882,93 @@ fn network_policy_is_enforced_on_kubectl_pods_same_node_and_across_nodes() {
             .then_some(())
             .ok_or_else(|| format!("near {} far {}", reach(&near), reach(&far)))
     });
+
+fn lab_bin(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_weft-lab"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn weft_lab_cli_up_kubectl_exec_down_with_kubernetes() {
+    let up = lab_bin(&[
+        "up",
+        "--datastore",
+        "kubernetes",
+        "--keep",
+        "--nodes",
+        "1",
+        "--pods-per-node",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(
+        up.status.success(),
+        "weft-lab up: {stdout}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("lab ")?.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no lab id in {stdout}"))
+        .to_string();
+    // Whatever happens below, the lab goes.
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = registry::down(&self.0);
+        }
+    }
+    let _down = Down(id.clone());
+    let pods = lab_bin(&[
+        "kubectl", "--id", &id, "--", "get", "pods", "-A", "-o", "json",
+    ]);
+    assert!(
+        pods.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pods.stderr)
+    );
+    let pods: Value = serde_json::from_slice(&pods.stdout).unwrap();
+    let far_ip = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["metadata"]["name"] == "n2-p1")
+        .and_then(|p| p["status"]["podIP"].as_str())
+        .unwrap_or_else(|| panic!("no pod n2-p1 (the far node's): {pods}"))
+        .to_string();
+    // A command of this machine in a pod's netns: n1-p1 reaches the far node's pod (VXLAN).
+    let ping = lab_bin(&[
+        "exec",
+        "--id",
+        &id,
+        "default/n1-p1",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &far_ip,
+    ]);
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    // And its exit status is the command's.
+    let fail = lab_bin(&["exec", "--id", &id, "default/n1-p1", "--", "false"]);
+    assert!(!fail.status.success());
+    let down = lab_bin(&["down", "--id", &id]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(registry::netns_of(&id).is_empty(), "netns left");
+    assert!(!registry::lab_dir(&id).exists(), "dir left");
+    let after = lab_bin(&["kubectl", "--id", &id, "--", "get", "nodes"]);
+    assert!(!after.status.success(), "kubectl still answers after down");
 }

@@ -393,9 +393,19 @@ impl ControlPlane {
     }
 
     fn stop_all(&mut self) {
-        while let Some(p) = self.procs.pop() {
-            drop(p);
+        if self.procs.iter().all(|p| p.is_kept()) {
+            return;
         }
+        // Clients first: SIGTERM the scheduler, controller-manager and apiserver together,
+        // then etcd once they are gone.
+        let etcd = (!self.procs.is_empty()).then(|| self.procs.remove(0));
+        for p in &self.procs {
+            p.signal(libc::SIGTERM);
+        }
+        while let Some(mut p) = self.procs.pop() {
+            p.stop(Duration::from_secs(3));
+        }
+        drop(etcd);
     }
 }
 

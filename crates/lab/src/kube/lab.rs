@@ -28,6 +28,8 @@ pub struct KubeLab {
     pub nodes: Vec<KubeNode>,
     /// The weft image's reference (deploy/weft.yaml's `image:`).
     pub weft_image: String,
+    /// The image archives every node imports (busybox, weft, agnhost).
+    pub images: Vec<PathBuf>,
 }
 
 impl KubeLab {
@@ -141,46 +143,109 @@ impl Cluster {
             cp,
             nodes: Vec::new(),
             weft_image,
+            images: vec![busybox, weft, agnhost],
         });
-        let specs: Vec<KubeNodeSpec> = self
+        let names: Vec<String> = self
             .nodes
             .iter()
-            .map(|n| KubeNodeSpec {
-                name: n.name.clone(),
-                netns_path: n.netns.path(),
-                node_ip: n.underlay_ip,
-                dir: n.dir.join("kube"),
-                images: vec![busybox.clone(), weft.clone(), agnhost.clone()],
-                sandbox_image: image::BUSYBOX_IMAGE.into(),
-                record_in: Some(self.dir.clone()),
-                detached: self.config.keep,
-            })
+            .map(|n| n.name.clone())
+            .filter(|n| !self.config.kube_deferred_nodes.contains(n))
             .collect();
-        for spec in specs {
-            let kube = self.kube.as_mut().unwrap();
-            let mut node = KubeNode::start(spec, &kube.cp)?;
-            node.start_kube_proxy(&kube.cp, &self.config.network.to_string())?;
-            kube.nodes.push(node);
-        }
-        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
-        let timeout = self.config.ready_timeout;
-        let kube = self.kube.as_mut().unwrap();
         for name in &names {
-            kube.cp
-                .wait_for(
-                    &format!("Node {name} registered with a pod CIDR"),
-                    timeout,
-                    |cp| {
-                        let n = cp.get_json(&["node", name])?;
-                        n["spec"]["podCIDR"]
-                            .as_str()
-                            .map(|_| ())
-                            .ok_or_else(|| format!("Node {name} has no spec.podCIDR yet"))
-                    },
-                )
-                .map_err(|e| node_err(kube, name, e))?;
+            self.start_kube_node(name)?;
+        }
+        for name in &names {
+            self.wait_kube_node_registered(name)?;
         }
         Ok(())
+    }
+
+    fn start_kube_node(&mut self, name: &str) -> Result<(), LabError> {
+        let n = self.node_or_err(name)?;
+        let (netns_path, node_ip, dir) = (n.netns.path(), n.underlay_ip, n.dir.join("kube"));
+        let kube = self
+            .kube
+            .as_mut()
+            .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
+        if kube.node(name).is_some() {
+            return Err(LabError::Setup(format!("{name} runs a kubelet already")));
+        }
+        let spec = KubeNodeSpec {
+            name: name.to_string(),
+            netns_path,
+            node_ip,
+            dir,
+            images: kube.images.clone(),
+            sandbox_image: image::BUSYBOX_IMAGE.into(),
+            record_in: Some(self.dir.clone()),
+            detached: self.config.keep,
+        };
+        let mut node = KubeNode::start(spec, &kube.cp)?;
+        node.start_kube_proxy(&kube.cp, &self.config.network.to_string())?;
+        kube.nodes.push(node);
+        Ok(())
+    }
+
+    fn wait_kube_node_registered(&mut self, name: &str) -> Result<(), LabError> {
+        let timeout = self.config.ready_timeout;
+        let kube = self
+            .kube
+            .as_mut()
+            .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
+        kube.cp
+            .wait_for(
+                &format!("Node {name} registered with a pod CIDR"),
+                timeout,
+                |cp| {
+                    let n = cp.get_json(&["node", name])?;
+                    n["spec"]["podCIDR"]
+                        .as_str()
+                        .map(|_| ())
+                        .ok_or_else(|| format!("Node {name} has no spec.podCIDR yet"))
+                },
+            )
+            .map_err(|e| node_err(kube, name, e))
+    }
+
+    /// A node joins the running cluster: its containerd, kubelet and kube-proxy start, the
+    /// Node registers and gets a pod CIDR, weft's DaemonSet runs on it and it becomes Ready.
+    pub fn add_kube_node(&mut self, name: &str) -> Result<(), LabError> {
+        self.start_kube_node(name)?;
+        self.wait_kube_node_registered(name)?;
+        self.wait_nodes_ready()?;
+        self.wait_weft_ready()
+    }
+
+    /// The names of the nodes that run a kubelet.
+    pub fn kube_node_names(&self) -> Vec<String> {
+        self.kube
+            .as_ref()
+            .map(|k| k.nodes.iter().map(|n| n.spec.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the weft DaemonSet's pods are Ready on every kubelet node.
+    pub fn wait_weft_ready(&mut self) -> Result<(), LabError> {
+        let want = self.kube_node_names().len();
+        let timeout = self.config.ready_timeout.max(Duration::from_secs(120));
+        let kube = self
+            .kube
+            .as_mut()
+            .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
+        kube.cp
+            .wait_for("weft DaemonSet Ready on every node", timeout, |cp| {
+                let ds = cp.get_json(&["daemonset", "weft", "-n", "weft"])?;
+                let ready = ds["status"]["numberReady"].as_u64().unwrap_or(0) as usize;
+                let desired = ds["status"]["desiredNumberScheduled"].as_u64().unwrap_or(0) as usize;
+                if ready == want && desired == want {
+                    Ok(())
+                } else {
+                    let pods = cp
+                        .kubectl(&["get", "pods", "-n", "weft", "-o", "wide"])
+                        .unwrap_or_default();
+                    Err(format!("{ready} of {want} weft pods ready\n{pods}"))
+                }
+            })
     }
 
     /// `kubectl apply` of deploy/weft.yaml (WEFT_CLUSTER_CIDRS = the lab's network), then
@@ -189,34 +254,15 @@ impl Cluster {
         let manifest = patched_manifest(&self.config.network.to_string())?;
         let path = self.dir.join("weft.yaml");
         std::fs::write(&path, &manifest).map_err(io_err("write", &path))?;
-        let want = self.nodes.len();
-        let timeout = self.config.ready_timeout.max(Duration::from_secs(120));
-        let kube = self
-            .kube
-            .as_mut()
-            .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
-        kube.cp
+        self.control_plane()?
             .kubectl(&["apply", "-f", &path.display().to_string()])
             .map_err(LabError::Setup)?;
-        kube.cp
-            .wait_for("weft DaemonSet Ready on every node", timeout, |cp| {
-                let ds = cp.get_json(&["daemonset", "weft", "-n", "weft"])?;
-                let ready = ds["status"]["numberReady"].as_u64().unwrap_or(0) as usize;
-                if ready == want {
-                    Ok(())
-                } else {
-                    let pods = cp
-                        .kubectl(&["get", "pods", "-n", "weft", "-o", "wide"])
-                        .unwrap_or_default();
-                    Err(format!("{ready} of {want} weft pods ready\n{pods}"))
-                }
-            })?;
-        Ok(())
+        self.wait_weft_ready()
     }
 
     /// Waits until every Node is Ready (the CNI config is in place).
     pub fn wait_nodes_ready(&mut self) -> Result<(), LabError> {
-        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        let names = self.kube_node_names();
         let timeout = self.config.ready_timeout;
         let kube = self
             .kube
@@ -247,7 +293,7 @@ impl Cluster {
         self.start_kube_nodes()?;
         eprintln!(
             "weft-lab: control plane and {} kubelets up in {:.1?}",
-            self.nodes.len(),
+            self.kube_node_names().len(),
             t0.elapsed()
         );
         self.deploy_weft()?;

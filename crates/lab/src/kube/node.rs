@@ -249,6 +249,16 @@ impl KubeNode {
         self.root().join("run-containerd/containerd.sock")
     }
 
+    /// The inode of the node's netns (with [`KubeNode::mntns`], what identifies its processes).
+    pub fn netns_inode(&self) -> u64 {
+        self.ns.inode().unwrap_or(0)
+    }
+
+    /// The processes of this node: containerd, kubelet, kube-proxy, shims, containers.
+    pub fn processes(&self) -> Vec<i32> {
+        crate::registry::node_processes(self.mntns, self.netns_inode())
+    }
+
     /// The node's netns.
     pub fn ns(&self) -> &NetNs {
         &self.ns
@@ -312,7 +322,12 @@ impl KubeNode {
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .unwrap_or(0);
         if let Some(dir) = &spec.record_in {
-            let _ = crate::registry::record_mntns(dir, mntns);
+            let name = spec
+                .netns_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _ = crate::registry::record_mntns(dir, mntns, &name);
         }
         let sock = root.join("run-containerd/containerd.sock");
         containerd.wait_ready(Duration::from_secs(30), || {
@@ -519,7 +534,7 @@ impl Drop for KubeNode {
                 .join("run-containerd/io.containerd.runtime.v2.task/k8s.io"),
         );
         // Everything in its mount namespace (containerd, shims) and below (containers).
-        crate::registry::kill_mntns(self.mntns);
+        crate::registry::kill_node_processes(self.mntns, self.netns_inode());
         self.containerd.stop(Duration::from_secs(1));
         crate::registry::remove_container_cgroups(&ids);
     }
