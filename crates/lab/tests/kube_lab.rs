@@ -882,6 +882,7 @@ fn network_policy_is_enforced_on_kubectl_pods_same_node_and_across_nodes() {
             .then_some(())
             .ok_or_else(|| format!("near {} far {}", reach(&near), reach(&far)))
     });
+}
 
 fn lab_bin(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_weft-lab"))
@@ -971,4 +972,84 @@ fn weft_lab_cli_up_kubectl_exec_down_with_kubernetes() {
     assert!(!registry::lab_dir(&id).exists(), "dir left");
     let after = lab_bin(&["kubectl", "--id", &id, "--", "get", "nodes"]);
     assert!(!after.status.success(), "kubectl still answers after down");
+}
+
+/// One TCP exchange with an agnhost at `to` from `from`'s netns: (the pod that answered, the
+/// source address it saw).
+fn agnhost_answer(from: &weft_lab::Pod, to: std::net::SocketAddr) -> Option<(String, String)> {
+    weft_lab::probe::in_netns_thread(from.netns.handle(), move || {
+        use std::io::BufRead;
+        let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).ok()?;
+        let mut words = line.split_whitespace();
+        Some((words.next()?.to_string(), words.next()?.to_string()))
+    })
+    .ok()
+    .flatten()
+}
+
+/// Issue 14 (first part): Services through kube-proxy (iptables mode) and weft: a ClusterIP
+/// reached from a pod on the backend's node (bridged) and from another node (host-gw) with
+/// the client pod's own address as the source the backend sees; a pod reaching itself through
+/// its own Service (hairpin, one endpoint: itself).
+#[test]
+fn cluster_ip_services_work_through_weft_from_every_node_and_hairpin() {
+    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    let web = c
+        .add_kube_pod("n1", "web")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let near = c
+        .add_kube_pod("n1", "near")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let far = c
+        .add_kube_pod("n2", "far")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cp = c.control_plane().unwrap();
+    cp.kubectl(&["label", "pod", "web", "svc=web"]).unwrap();
+    let svc = r#"{"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"selector": {"svc": "web"},
+                 "ports": [{"protocol": "TCP", "port": 80, "targetPort": 8080}]}}"#;
+    cp.kubectl_stdin(&["apply", "-f", "-"], Some(svc.as_bytes()))
+        .unwrap();
+    let cluster_ip: std::net::IpAddr = cp
+        .kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let vip = std::net::SocketAddr::new(cluster_ip, 80);
+    for (who, from) in [("same node", &near), ("other node", &far)] {
+        let mut last = None;
+        wait_until(
+            &format!("{who} reaches the ClusterIP"),
+            Duration::from_secs(30),
+            || {
+                last = agnhost_answer(from, vip);
+                last.is_some()
+                    .then_some(())
+                    .ok_or_else(|| "no answer".to_string())
+            },
+        );
+        let (name, source) = last.unwrap();
+        assert_eq!(name, "web", "{who}: answered by {name}");
+        assert_eq!(
+            source,
+            from.ipv4().unwrap().to_string(),
+            "{who}: the backend must see the client pod's address (no SNAT pod to Service)"
+        );
+    }
+    // Hairpin: web reaches itself through its own Service (kube-proxy masquerades hairpin
+    // traffic; weft's bridge port has hairpin mode on).
+    let mut last = None;
+    wait_until("hairpin", Duration::from_secs(10), || {
+        last = agnhost_answer(&web, vip);
+        last.is_some()
+            .then_some(())
+            .ok_or_else(|| "no answer".to_string())
+    });
+    assert_eq!(last.unwrap().0, "web");
 }

@@ -235,7 +235,7 @@ impl ControlPlane {
             "--secure-port=0".into(),
             "--leader-elect=false".into(),
             "--controllers=nodeipam,serviceaccount-token,serviceaccount,namespace,\
-             garbagecollector,daemonset,replicaset,deployment,podgc"
+             garbagecollector,daemonset,replicaset,deployment,podgc,endpoint,endpointslice"
                 .into(),
             format!("--service-account-private-key-file={}", d(&self.pki.sa_key)),
             format!("--root-ca-file={}", d(&self.pki.ca.cert)),
