@@ -1053,3 +1053,105 @@ fn cluster_ip_services_work_through_weft_from_every_node_and_hairpin() {
     });
     assert_eq!(last.unwrap().0, "web");
 }
+
+/// One TCP exchange with an agnhost from any netns: (who answered, the source it saw).
+fn agnhost_answer_from(
+    ns: &weft_netops::netns::NetNs,
+    to: std::net::SocketAddr,
+) -> Option<(String, String)> {
+    weft_lab::probe::in_netns_thread(ns, move || {
+        use std::io::BufRead;
+        let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).ok()?;
+        let mut words = line.split_whitespace();
+        Some((words.next()?.to_string(), words.next()?.to_string()))
+    })
+    .ok()
+    .flatten()
+}
+
+/// Issue 14 (second part): NodePort from the world host, through a node that has no endpoint
+/// (the backend sees that node's address: kube-proxy masquerades) and, with
+/// `externalTrafficPolicy: Local`, through the backend's node with the client's own address
+/// (a node without an endpoint does not answer).
+#[test]
+fn node_ports_work_from_the_world_through_weft() {
+    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    c.add_kube_pod("n1", "web")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cp = c.control_plane().unwrap();
+    cp.kubectl(&["label", "pod", "web", "svc=web"]).unwrap();
+    let service = |name: &str, policy: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Service",
+                "metadata": {{"name": "{name}", "namespace": "default"}},
+                "spec": {{"type": "NodePort", "externalTrafficPolicy": "{policy}",
+                         "selector": {{"svc": "web"}},
+                         "ports": [{{"protocol": "TCP", "port": 80, "targetPort": 8080}}]}}}}"#
+        )
+    };
+    let node_port = |name: &str| -> u16 {
+        cp.kubectl(&[
+            "get",
+            "service",
+            name,
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    for (name, policy) in [("web-cluster", "Cluster"), ("web-local", "Local")] {
+        cp.kubectl_stdin(
+            &["apply", "-f", "-"],
+            Some(service(name, policy).as_bytes()),
+        )
+        .unwrap();
+    }
+    let (cluster_port, local_port) = (node_port("web-cluster"), node_port("web-local"));
+    let n1 = std::net::IpAddr::V4(c.node("n1").unwrap().underlay_ip);
+    let n2 = std::net::IpAddr::V4(c.node("n2").unwrap().underlay_ip);
+    let world = c.world.handle();
+
+    // Cluster: through n2, which has no endpoint; the backend sees n2's address.
+    let mut last = None;
+    wait_until("NodePort through n2", Duration::from_secs(30), || {
+        last = agnhost_answer_from(world, std::net::SocketAddr::new(n2, cluster_port));
+        last.is_some()
+            .then_some(())
+            .ok_or_else(|| "no answer".to_string())
+    });
+    let (who, source) = last.unwrap();
+    assert_eq!(who, "web");
+    assert_eq!(
+        source,
+        n2.to_string(),
+        "masqueraded to the node that forwarded"
+    );
+
+    // Local: the client's own address through the backend's node; nothing through n2.
+    let mut last = None;
+    wait_until("Local NodePort through n1", Duration::from_secs(30), || {
+        last = agnhost_answer_from(world, std::net::SocketAddr::new(n1, local_port));
+        last.is_some()
+            .then_some(())
+            .ok_or_else(|| "no answer".to_string())
+    });
+    let (who, source) = last.unwrap();
+    assert_eq!(who, "web");
+    assert_eq!(
+        source,
+        weft_lab::cluster::WORLD_IP.to_string(),
+        "externalTrafficPolicy: Local keeps the client's address"
+    );
+    assert_eq!(
+        agnhost_answer_from(world, std::net::SocketAddr::new(n2, local_port)),
+        None,
+        "a node without an endpoint must not answer a Local NodePort"
+    );
+}
