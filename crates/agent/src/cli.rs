@@ -369,6 +369,11 @@ pub struct TraceArgs {
     pub ipam_data_dir: PathBuf,
     #[arg(long, value_parser = ["table", "json"], default_value = "table")]
     pub output: String,
+    /// Also give the NetworkPolicy verdict for a new connection to this destination port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long, value_parser = ["tcp", "udp", "sctp"], default_value = "tcp")]
+    pub proto: String,
 }
 
 pub fn trace(a: &TraceArgs) -> Result<(), String> {
@@ -418,6 +423,18 @@ pub fn trace(a: &TraceArgs) -> Result<(), String> {
         println!("{}", serde_json::to_string_pretty(&t).expect("serializes"));
     } else {
         print!("{}", t.render());
+    }
+    // The NetworkPolicy verdict, from the model weftd compiles its table from.
+    if let Some(port) = a.port {
+        let path = format!(
+            "/policy/verdict?src={}&dst={}&proto={}&port={port}",
+            a.src, a.dst, a.proto
+        );
+        match http::get_blocking(a.listen, &path) {
+            Ok((200, verdict)) => println!("policy:  {}", verdict.trim()),
+            Ok((_, why)) => println!("policy:  {}", why.trim()),
+            Err(e) => println!("policy:  weftd on {} not reachable: {e}", a.listen),
+        }
     }
     if t.ok {
         Ok(())

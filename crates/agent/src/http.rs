@@ -1,5 +1,6 @@
-//! The agent's HTTP endpoints: /healthz, /readyz, /metrics (Prometheus text) and /status
-//! (JSON, what `weftd status` prints). All read-only.
+//! The agent's HTTP endpoints: /healthz, /readyz, /metrics (Prometheus text), /status
+//! (JSON, what `weftd status` prints) and /policy/verdict (what `weftd trace --port` asks).
+//! All read-only.
 
 use crate::agent::Shared;
 use axum::extract::State;
@@ -18,6 +19,7 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> crate::error::Resul
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/policy/verdict", get(policy_verdict))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -28,6 +30,46 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> crate::error::Resul
         }
     });
     Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct VerdictQuery {
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    proto: String,
+    port: u16,
+}
+
+/// The NetworkPolicy verdict for a new connection, from the model the table is compiled from.
+async fn policy_verdict(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<VerdictQuery>,
+) -> impl IntoResponse {
+    let Some(model) = shared.policy_model.get() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "NetworkPolicy is not enforced by this weftd\n".to_string(),
+        );
+    };
+    let Some(proto) = weft_policy::Protocol::parse(&q.proto.to_uppercase()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("unknown protocol {:?} (tcp, udp, sctp)\n", q.proto),
+        );
+    };
+    let local: Vec<std::net::IpAddr> = {
+        let s = shared.snapshot();
+        let mut ips: Vec<_> = s.underlay.iter().map(|u| u.address.addr()).collect();
+        ips.extend(
+            s.pod_cidrs
+                .iter()
+                .filter_map(crate::desired::pod_gateway)
+                .map(|g| g.addr()),
+        );
+        ips
+    };
+    let v = crate::policy::verdict(&model.read().unwrap(), &local, q.src, q.dst, proto, q.port);
+    (StatusCode::OK, format!("{v}\n"))
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

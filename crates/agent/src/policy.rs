@@ -21,7 +21,7 @@ use kube::runtime::WatchStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use weft_policy::{compile, Applier, CompileOptions, Key, Model};
@@ -72,7 +72,8 @@ where
 /// The model and what a re-list must reconcile.
 struct State {
     node: String,
-    model: Model,
+    /// Shared with the HTTP endpoint that answers policy verdicts (`weftd trace --port`).
+    model: Arc<RwLock<Model>>,
     /// Per kind, the keys a re-list in progress has seen (removed at its end if unseen).
     listing_ns: Option<BTreeSet<String>>,
     listing_pods: Option<BTreeSet<Key>>,
@@ -83,6 +84,10 @@ struct State {
 }
 
 impl State {
+    fn m(&self) -> std::sync::RwLockWriteGuard<'_, Model> {
+        self.model.write().unwrap()
+    }
+
     fn valid(&mut self, what: &str) {
         self.invalid.remove(what);
     }
@@ -109,7 +114,7 @@ impl State {
                     match weft_policy::k8s::namespace(&ns) {
                         Ok(n) => {
                             self.valid(&format!("Namespace {name}"));
-                            self.model.set_namespace(n)
+                            self.m().set_namespace(n)
                         }
                         Err(err) => self.invalid(format!("Namespace {name}"), err),
                     }
@@ -117,11 +122,11 @@ impl State {
                 }
                 Event::Delete(ns) => {
                     let name = ns.metadata.name.unwrap_or_default();
-                    self.model.remove_namespace(&name).is_some()
+                    self.m().remove_namespace(&name).is_some()
                 }
                 Event::InitDone => {
                     if let Some(seen) = self.listing_ns.take() {
-                        self.model.namespaces.retain(|k, _| seen.contains(k));
+                        self.m().namespaces.retain(|k, _| seen.contains(k));
                     }
                     self.listed[0] = true;
                     true
@@ -143,13 +148,13 @@ impl State {
                     match weft_policy::k8s::pod(&p, &self.node) {
                         Ok(pod) => {
                             self.valid(&format!("Pod {}/{}", key.namespace, key.name));
-                            let changed = self.model.pods.get(&key) != Some(&pod);
-                            self.model.set_pod(pod);
+                            let changed = self.m().pods.get(&key) != Some(&pod);
+                            self.m().set_pod(pod);
                             changed
                         }
                         Err(err) => {
                             self.invalid(format!("Pod {}/{}", key.namespace, key.name), err);
-                            self.model.remove_pod(&key).is_some()
+                            self.m().remove_pod(&key).is_some()
                         }
                     }
                 }
@@ -158,11 +163,11 @@ impl State {
                         p.metadata.namespace.unwrap_or_default(),
                         p.metadata.name.unwrap_or_default(),
                     );
-                    self.model.remove_pod(&key).is_some()
+                    self.m().remove_pod(&key).is_some()
                 }
                 Event::InitDone => {
                     if let Some(seen) = self.listing_pods.take() {
-                        self.model.pods.retain(|k, _| seen.contains(k));
+                        self.m().pods.retain(|k, _| seen.contains(k));
                     }
                     self.listed[1] = true;
                     true
@@ -184,7 +189,7 @@ impl State {
                     match weft_policy::k8s::policy(&np) {
                         Ok(p) => {
                             self.valid(&format!("NetworkPolicy {}/{}", key.namespace, key.name));
-                            self.model.set_policy(p)
+                            self.m().set_policy(p)
                         }
                         Err(err) => {
                             // A policy weft cannot read must not open what it would isolate;
@@ -193,7 +198,7 @@ impl State {
                                 format!("NetworkPolicy {}/{}", key.namespace, key.name),
                                 err,
                             );
-                            self.model.remove_policy(&key);
+                            self.m().remove_policy(&key);
                         }
                     }
                     true
@@ -203,11 +208,11 @@ impl State {
                         np.metadata.namespace.unwrap_or_default(),
                         np.metadata.name.unwrap_or_default(),
                     );
-                    self.model.remove_policy(&key).is_some()
+                    self.m().remove_policy(&key).is_some()
                 }
                 Event::InitDone => {
                     if let Some(seen) = self.listing_policies.take() {
-                        self.model.policies.retain(|k, _| seen.contains(k));
+                        self.m().policies.retain(|k, _| seen.contains(k));
                     }
                     self.listed[2] = true;
                     true
@@ -225,6 +230,8 @@ pub async fn run(
     cut_established: bool,
     shared: Arc<Shared>,
 ) {
+    let model = Arc::new(RwLock::new(Model::new()));
+    let _ = shared.policy_model.set(model.clone());
     let mut changes = futures::stream::select_all([
         watch_kind(
             Api::<Namespace>::all(client.clone()),
@@ -240,7 +247,7 @@ pub async fn run(
     ]);
     let mut state = State {
         node,
-        model: Model::new(),
+        model: model.clone(),
         listing_ns: None,
         listing_pods: None,
         listing_policies: None,
@@ -286,7 +293,7 @@ pub async fn run(
             cut_established,
             ..CompileOptions::default()
         };
-        let desired = compile(&state.model, &opts);
+        let desired = compile(&state.model.read().unwrap(), &opts);
         let a = applier.clone();
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || a.lock().unwrap().apply(&desired))
@@ -309,9 +316,12 @@ pub async fn run(
             }
         };
         status.synced = true;
-        status.policies = state.model.policies.len();
-        status.pods = state.model.pods.len();
-        status.local_pods = state.model.pods.values().filter(|p| p.local).count();
+        {
+            let m = state.model.read().unwrap();
+            status.policies = m.policies.len();
+            status.pods = m.pods.len();
+            status.local_pods = m.pods.values().filter(|p| p.local).count();
+        }
         status.programmed = result.is_ok();
         status.last_apply_ms = Some(took);
         status.invalid = state
@@ -322,4 +332,24 @@ pub async fn run(
         let st = status.clone();
         shared.update(|s| s.policy = Some(st));
     }
+}
+
+/// The verdict the current model gives a new connection from `src` to `dst`, with its reason
+/// (what `weftd trace SRC DST --port P` prints). `local` are this node's own addresses.
+pub fn verdict(
+    model: &Model,
+    local: &[std::net::IpAddr],
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    protocol: weft_policy::Protocol,
+    port: u16,
+) -> weft_policy::Verdict {
+    let end = |ip| {
+        if local.contains(&ip) {
+            weft_policy::Endpoint::LocalNode(ip)
+        } else {
+            weft_policy::Endpoint::Ip(ip)
+        }
+    };
+    weft_policy::evaluate(model, &end(src), &end(dst), protocol, port)
 }

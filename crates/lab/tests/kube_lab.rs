@@ -861,6 +861,26 @@ fn network_policy_is_enforced_on_kubectl_pods_same_node_and_across_nodes() {
         "policy applied -> enforced on both nodes in {:?}",
         t.elapsed()
     );
+    // weftd says why (what `weftd trace SRC DST --port 8080` prints).
+    let verdict = |from: &weft_lab::Pod| {
+        let (code, body) = agent_get(
+            &c,
+            "n1",
+            &format!(
+                "/policy/verdict?src={}&dst={}&proto=tcp&port=8080",
+                from.ipv4().unwrap(),
+                db.ipv4().unwrap()
+            ),
+        );
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    let why = verdict(&near);
+    assert!(
+        why.starts_with("denied")
+            && why.contains("default/db is isolated for ingress by [default/db-from-clients]"),
+        "{why}"
+    );
 
     cp.kubectl(&["label", "pod", "far", "role=client"]).unwrap();
     wait_until("far admitted as a client", Duration::from_secs(10), || {
@@ -868,6 +888,11 @@ fn network_policy_is_enforced_on_kubectl_pods_same_node_and_across_nodes() {
             .then_some(())
             .ok_or_else(|| format!("near {} far {}", reach(&near), reach(&far)))
     });
+    let why = verdict(&far);
+    assert!(
+        why.starts_with("allowed") && why.contains("default/db-from-clients, ingress rule 0"),
+        "{why}"
+    );
     let (code, body) = agent_get(&c, "n1", "/status");
     assert_eq!(code, 200);
     let status: Value = serde_json::from_str(&body).unwrap();
