@@ -15,7 +15,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # No doc tests: the crates have none, and a trailing "0 passed" would hide the real count.
 status=0
-cargo test --workspace --lib --bins --tests -- --test-threads="${WEFT_TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast --lib --bins --tests -- --test-threads="${WEFT_TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
 passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
 echo
