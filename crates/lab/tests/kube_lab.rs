@@ -1002,17 +1002,7 @@ fn weft_lab_cli_up_kubectl_exec_down_with_kubernetes() {
 /// One TCP exchange with an agnhost at `to` from `from`'s netns: (the pod that answered, the
 /// source address it saw).
 fn agnhost_answer(from: &weft_lab::Pod, to: std::net::SocketAddr) -> Option<(String, String)> {
-    weft_lab::probe::in_netns_thread(from.netns.handle(), move || {
-        use std::io::BufRead;
-        let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-        let mut line = String::new();
-        std::io::BufReader::new(s).read_line(&mut line).ok()?;
-        let mut words = line.split_whitespace();
-        Some((words.next()?.to_string(), words.next()?.to_string()))
-    })
-    .ok()
-    .flatten()
+    agnhost_answer_from(from.netns.handle(), to)
 }
 
 /// Issue 14 (first part): Services through kube-proxy (iptables mode) and weft: a ClusterIP
