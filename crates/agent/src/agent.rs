@@ -282,6 +282,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             cfg.node_name.clone(),
             cidrs_rx,
             cfg.policy_cuts_established,
+            cfg.policy_socket.clone(),
             shared.clone(),
         ));
     }

@@ -10,6 +10,14 @@ pub const CONFLIST_NAME: &str = "10-weft.conflist";
 pub const NETWORK_NAME: &str = "weft";
 
 pub fn conflist(cfg: &RunConfig, pod_cidrs: &[IpNet], mtu: u32) -> Value {
+    let mut list = conflist_without_policy(cfg, pod_cidrs, mtu);
+    if cfg.enforces_network_policy() == Ok(true) {
+        list["plugins"][0]["policySocket"] = json!(cfg.policy_socket);
+    }
+    list
+}
+
+fn conflist_without_policy(cfg: &RunConfig, pod_cidrs: &[IpNet], mtu: u32) -> Value {
     let ranges: Vec<Value> = pod_cidrs
         .iter()
         .map(|c| json!([{ "subnet": c.trunc().to_string() }]))
@@ -100,6 +108,11 @@ mod tests {
         assert_eq!(
             config.data_dir.as_deref(),
             Some(cfg.ipam_data_dir.as_path())
+        );
+        // NetworkPolicy is on by default with the kubernetes datastore.
+        assert_eq!(
+            conf.policy_socket.as_deref(),
+            Some(cfg.policy_socket.as_path())
         );
         let subnets: Vec<IpNet> = sets.iter().map(|s| s[0].subnet()).collect();
         assert_eq!(subnets, cidrs);

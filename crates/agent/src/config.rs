@@ -113,6 +113,14 @@ pub struct RunConfig {
     /// conntrack forgets them, as in most implementations.
     #[arg(long, env = "WEFT_POLICY_CUTS_ESTABLISHED")]
     pub policy_cuts_established: bool,
+    /// Where the plugin tells weftd about a new pod at CNI ADD (NetworkPolicy), so that the
+    /// pod is in the table before ADD returns.
+    #[arg(
+        long,
+        env = "WEFT_POLICY_SOCKET",
+        default_value = "/run/weft/policy/weft.sock"
+    )]
+    pub policy_socket: PathBuf,
 
     #[arg(long, env = "WEFT_BACKEND", value_enum, default_value = "auto")]
     pub backend: BackendKind,
@@ -192,8 +200,12 @@ impl RunConfig {
     /// runtime) or with its own next run. In a container each must be the node's directory,
     /// mounted at the same path: the conflist names them to the plugin as they are here.
     /// deploy/weft.yaml's volumes are checked against this list (tests/deploy.rs).
-    pub fn shared_node_paths(&self) -> [(&'static str, &Path); 4] {
+    pub fn shared_node_paths(&self) -> [(&'static str, &Path); 5] {
         [
+            (
+                "NetworkPolicy socket the plugin calls at ADD",
+                self.policy_socket.parent().unwrap_or(Path::new("/")),
+            ),
             (
                 "CNI config weftd writes for the runtime",
                 &self.cni_conf_dir,

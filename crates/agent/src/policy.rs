@@ -42,6 +42,8 @@ pub struct PolicyStatus {
     pub programmed: bool,
     pub last_apply_ms: Option<f64>,
     pub last_error: Option<String>,
+    /// Pods the plugin announced at CNI ADD (classified before ADD returned).
+    pub announced_at_add: u64,
     /// Objects that could not be converted (named, with the field and the reason).
     pub invalid: Vec<String>,
 }
@@ -81,6 +83,8 @@ struct State {
     /// Per kind, whether a complete list has arrived once.
     listed: [bool; 3],
     invalid: std::collections::BTreeMap<String, String>,
+    /// Addresses the plugin announced at ADD, used until the pod's status carries them.
+    announced: std::collections::HashMap<Key, Vec<std::net::IpAddr>>,
 }
 
 impl State {
@@ -146,7 +150,12 @@ impl State {
                         l.insert(key.clone());
                     }
                     match weft_policy::k8s::pod(&p, &self.node) {
-                        Ok(pod) => {
+                        Ok(mut pod) => {
+                            if pod.ips.is_empty() {
+                                if let Some(ips) = self.announced.get(&key) {
+                                    pod.ips = ips.clone();
+                                }
+                            }
                             self.valid(&format!("Pod {}/{}", key.namespace, key.name));
                             let changed = self.m().pods.get(&key) != Some(&pod);
                             self.m().set_pod(pod);
@@ -163,6 +172,7 @@ impl State {
                         p.metadata.namespace.unwrap_or_default(),
                         p.metadata.name.unwrap_or_default(),
                     );
+                    self.announced.remove(&key);
                     self.m().remove_pod(&key).is_some()
                 }
                 Event::InitDone => {
@@ -228,6 +238,7 @@ pub async fn run(
     node: String,
     mut pod_cidrs: watch::Receiver<Vec<IpNet>>,
     cut_established: bool,
+    socket: std::path::PathBuf,
     shared: Arc<Shared>,
 ) {
     let model = Arc::new(RwLock::new(Model::new()));
@@ -253,7 +264,12 @@ pub async fn run(
         listing_policies: None,
         listed: [false; 3],
         invalid: Default::default(),
+        announced: Default::default(),
     };
+    // Announcements from the plugin, each answered once its pod is in the table.
+    let (announce_tx, mut announcements) = tokio::sync::mpsc::channel::<Announcement>(64);
+    tokio::spawn(serve_announcements(socket, announce_tx));
+    let mut waiting: Vec<(Key, tokio::sync::oneshot::Sender<&'static str>)> = Vec::new();
     let applier = Arc::new(std::sync::Mutex::new(Applier::new()));
     let mut dirty = false;
     let mut status = PolicyStatus::default();
@@ -281,6 +297,37 @@ pub async fn run(
                     return;
                 }
                 dirty = true;
+            }
+            Some(a) = announcements.recv() => {
+                status.announced_at_add += 1;
+                if !state.listed.iter().all(|l| *l) {
+                    // Nothing is enforced yet (no table from this weftd): nothing to wait for.
+                    let _ = a.reply.send("ok");
+                    continue;
+                }
+                state.announced.insert(a.key.clone(), a.ips.clone());
+                let in_table = {
+                    let mut m = state.m();
+                    match m.pods.get_mut(&a.key) {
+                        Some(pod) if pod.ips.is_empty() => {
+                            pod.ips = a.ips;
+                            dirty = true;
+                            false
+                        }
+                        Some(_) => true,
+                        // The watch has not brought the Pod yet: answered when it does.
+                        None => false,
+                    }
+                };
+                if in_table && status.programmed {
+                    let _ = a.reply.send("ok");
+                    continue;
+                }
+                waiting.retain(|(_, r)| !r.is_closed());
+                waiting.push((a.key, a.reply));
+                if !dirty {
+                    continue;
+                }
             }
         }
         if !dirty || !state.listed.iter().all(|l| *l) {
@@ -331,6 +378,89 @@ pub async fn run(
             .collect();
         let st = status.clone();
         shared.update(|s| s.policy = Some(st));
+        // Announced pods now in the table: their ADD may return.
+        if result.is_ok() {
+            let m = state.model.read().unwrap();
+            let mut still = Vec::new();
+            for (key, reply) in waiting.drain(..) {
+                if m.pods.get(&key).is_some_and(|p| !p.ips.is_empty()) {
+                    let _ = reply.send("ok");
+                } else if !reply.is_closed() {
+                    still.push((key, reply));
+                }
+            }
+            waiting = still;
+        }
+    }
+}
+
+/// A pod the plugin announced at CNI ADD.
+struct Announcement {
+    key: Key,
+    ips: Vec<std::net::IpAddr>,
+    reply: tokio::sync::oneshot::Sender<&'static str>,
+}
+
+/// How long an announcement may wait for its pod to be in the table (the plugin waits 3 s).
+const ANNOUNCE_WAIT: Duration = Duration::from_millis(2500);
+
+/// Listens on `socket` for the plugin's `{"namespace","name","ips"}` lines; answers "ok" once
+/// the pod is in the table, "pending" if that takes too long (the pod stays closed until then).
+async fn serve_announcements(
+    socket: std::path::PathBuf,
+    tx: tokio::sync::mpsc::Sender<Announcement>,
+) {
+    if let Some(dir) = socket.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = match tokio::net::UnixListener::bind(&socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(socket = %socket.display(), error = %e, "network policy: no ADD handshake; new pods are classified when their IP reaches weftd");
+            return;
+        }
+    };
+    loop {
+        let Ok((conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+            let (read, mut write) = conn.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(read);
+            let got = tokio::time::timeout(ANNOUNCE_WAIT, reader.read_line(&mut line)).await;
+            if !matches!(got, Ok(Ok(n)) if n > 0) {
+                return;
+            }
+            #[derive(Deserialize)]
+            struct Req {
+                namespace: String,
+                name: String,
+                ips: Vec<std::net::IpAddr>,
+            }
+            let answer = match serde_json::from_str::<Req>(&line) {
+                Ok(r) => {
+                    let (reply, answered) = tokio::sync::oneshot::channel();
+                    let a = Announcement {
+                        key: Key::new(r.namespace, r.name),
+                        ips: r.ips,
+                        reply,
+                    };
+                    if tx.send(a).await.is_err() {
+                        return;
+                    }
+                    match tokio::time::timeout(ANNOUNCE_WAIT, answered).await {
+                        Ok(Ok(a)) => a,
+                        _ => "pending",
+                    }
+                }
+                Err(_) => "bad request",
+            };
+            let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
+        });
     }
 }
 

@@ -898,6 +898,12 @@ fn network_policy_is_enforced_on_kubectl_pods_same_node_and_across_nodes() {
     let status: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["policy"]["programmed"], true, "{status}");
     assert_eq!(status["policy"]["policies"], 1, "{status}");
+    // The plugin announced db and near to n1's weftd at CNI ADD (classified before ADD
+    // returned, not when their IPs reached weftd through the API).
+    assert!(
+        status["policy"]["announced_at_add"].as_u64().unwrap_or(0) >= 2,
+        "{status}"
+    );
 
     let cp = c.control_plane().unwrap();
     cp.kubectl(&["delete", "networkpolicy", "db-from-clients"])

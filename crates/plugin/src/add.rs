@@ -120,6 +120,10 @@ pub fn run(conf: &Config, env: &Env) -> Result<CniResult, CniError> {
     if let Some(pending) = durability {
         pending.wait().map_err(ipam::ipam_error)?;
     }
+    if let Some(socket) = &conf.policy_socket {
+        let ips: Vec<_> = assigned.iter().map(|a| a.address.addr()).collect();
+        crate::policy::announce(socket, env, &ips);
+    }
 
     let sandbox = env
         .netns

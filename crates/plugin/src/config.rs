@@ -35,6 +35,8 @@ struct RawConf {
     valid_attachments: Option<Vec<AttachmentKey>>,
     #[serde(default)]
     metrics_dir: Option<PathBuf>,
+    #[serde(default)]
+    policy_socket: Option<PathBuf>,
 }
 
 /// Where addresses come from.
@@ -66,6 +68,8 @@ pub struct Config {
     pub valid_attachments: Option<Vec<AttachmentKey>>,
     /// Where to drop one small event file per invocation for weftd's metrics (optional).
     pub metrics_dir: Option<PathBuf>,
+    /// weftd's NetworkPolicy socket: ADD tells it the new pod before returning (weftd sets it).
+    pub policy_socket: Option<PathBuf>,
     /// The whole stdin document, passed on unchanged to a delegated IPAM plugin.
     pub raw: Vec<u8>,
 }
@@ -146,6 +150,7 @@ impl Config {
             runtime_ips,
             valid_attachments: conf.valid_attachments,
             metrics_dir: conf.metrics_dir,
+            policy_socket: conf.policy_socket,
             raw: raw.to_vec(),
         })
     }

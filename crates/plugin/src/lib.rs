@@ -10,6 +10,7 @@ pub mod events;
 mod gc;
 pub mod ipam;
 mod masq;
+mod policy;
 
 use weft_cni::error::CniError;
 use weft_cni::{Command, Env, Version};

@@ -576,3 +576,62 @@ fn an_existing_bridge_without_its_own_mac_is_repaired() {
         .call("DEL", "ctr-repair", Some(&pod.path()), &conf)
         .ok());
 }
+
+/// NetworkPolicy's first-packet handshake: with `policySocket`, ADD tells weftd the pod's
+/// namespace, name and addresses and returns only once weftd answered (here a stand-in
+/// listener that answers after 300 ms), so the pod is in weftd's table before it runs. With
+/// nobody listening, ADD still succeeds (the pod stays closed until weftd knows it).
+#[test]
+fn add_announces_the_pod_to_weftd_and_waits_for_its_answer() {
+    use std::io::{BufRead, BufReader, Write};
+    let node = Node::new();
+    let socket = node.data_dir.join("policy.sock");
+    std::fs::create_dir_all(node.data_dir.path()).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let seen = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&conn).read_line(&mut line).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        (&conn).write_all(b"ok\n").unwrap();
+        serde_json::from_str::<Value>(&line).unwrap()
+    });
+    let mut conf = node.conf("1.1.0", &[&["10.91.0.0/24"]]);
+    conf["policySocket"] = json!(socket);
+    let pod = Netns::new("wtp-pol").unwrap();
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=db-0";
+    let t = std::time::Instant::now();
+    let out = node.call_args(
+        "ADD",
+        "ctr-pol",
+        Some(&pod.path()),
+        "eth0",
+        Some(args),
+        &conf,
+    );
+    let took = t.elapsed();
+    assert!(out.ok(), "ADD failed: {} {}", out.stdout, out.stderr);
+    let req = seen.join().unwrap();
+    assert_eq!(req["namespace"], "shop");
+    assert_eq!(req["name"], "db-0");
+    assert_eq!(req["ips"], json!(ips_of(&out.json())));
+    assert!(
+        took >= std::time::Duration::from_millis(300),
+        "ADD returned before weftd answered ({took:?})"
+    );
+    assert!(node.call("DEL", "ctr-pol", Some(&pod.path()), &conf).ok());
+
+    // weftd not there: ADD succeeds anyway, and says why on stderr.
+    std::fs::remove_file(&socket).unwrap();
+    let out = node.call_args(
+        "ADD",
+        "ctr-pol2",
+        Some(&pod.path()),
+        "eth0",
+        Some(args),
+        &conf,
+    );
+    assert!(out.ok(), "ADD failed without weftd: {}", out.stdout);
+    assert!(out.stderr.contains("policy handshake"), "{}", out.stderr);
+    assert!(node.call("DEL", "ctr-pol2", Some(&pod.path()), &conf).ok());
+}
