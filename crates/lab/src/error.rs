@@ -18,7 +18,7 @@ pub enum LabError {
     },
     #[error("{0}")]
     Setup(String),
-    #[error("{missing} not found in {searched:?}: build it (cargo build -p weft-plugin -p weft-agent) or set WEFT_BIN_DIR")]
+    #[error("{missing} not found in {searched:?}: build it (cargo build --workspace, or --release for the demo) or set WEFT_BIN_DIR")]
     MissingBinary {
         missing: String,
         searched: Vec<PathBuf>,

@@ -33,4 +33,8 @@ pub mod trace;
 pub use cluster::{Cluster, DatastoreKind, LabConfig, LabError, Node, Pod};
 pub use conflist::{Attachment, ConfList, ConfListError};
 pub use ns::Netns;
+
+/// The workspace binaries a lab runs from its bin dir (the plugin, the agent, the CLI, and the
+/// Kubernetes lab's workload); `scripts/demo.sh` builds each (tests/setup.rs checks).
+pub const LAB_BINARIES: &[&str] = &["weft", "weftd", "weft-lab", "weft-agnhost"];
 pub use plugin::{PluginOutput, PluginRunner};

@@ -121,3 +121,24 @@ fn the_containerfile_build_stage_installs_every_build_package() {
         }
     }
 }
+
+/// Regression: `./scripts/demo.sh --datastore kubernetes` failed on "weft-agnhost not found"
+/// because the demo built only weft, weftd and weft-lab.
+#[test]
+fn the_demo_builds_every_binary_the_lab_runs() {
+    let demo = std::fs::read_to_string(repo().join("scripts/demo.sh")).unwrap();
+    let build = demo
+        .lines()
+        .find(|l| l.starts_with("cargo build --release"))
+        .expect("demo.sh builds the release binaries");
+    let built: Vec<&str> = build
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "--bin")
+        .map(|w| w[1])
+        .collect();
+    for bin in weft_lab::LAB_BINARIES {
+        assert!(built.contains(bin), "demo.sh does not build {bin}: {build}");
+    }
+}
