@@ -255,7 +255,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         cfg: cfg.clone(),
         underlay: Mutex::new(underlay),
         vtep_mac,
-        pod_cidrs: Mutex::new(reg.pod_cidrs.clone()),
+        pod_cidrs: watch::Sender::new(reg.pod_cidrs.clone()),
         identity: watch::Sender::new(me.clone()),
         own_lost: Mutex::new(None),
         watched: Mutex::new(WatchedLinks::default()),
@@ -274,13 +274,12 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
 
     // NetworkPolicy: its own watches and table, beside the node's networking (a failure
     // there never touches routes or pods' addresses).
-    let (cidrs_tx, cidrs_rx) = watch::channel(node.pod_cidrs());
     if network_policy {
         let (client, _) = crate::datastore::kube::make_client(cfg.kubeconfig.as_deref()).await?;
         tokio::spawn(crate::policy::run(
             client,
             cfg.node_name.clone(),
-            cidrs_rx,
+            node.pod_cidrs.subscribe(),
             cfg.policy_cuts_established,
             cfg.policy_socket.clone(),
             shared.clone(),
@@ -347,12 +346,6 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                     }
                 }
                 node.set_own(&shared, own);
-                cidrs_tx.send_if_modified(|c| {
-                    let now = node.pod_cidrs();
-                    let changed = *c != now;
-                    *c = now;
-                    changed
-                });
                 true
             }
             _ = resync.tick() => true,
@@ -464,7 +457,8 @@ struct NodeSetup {
     vtep_mac: Option<[u8; 6]>,
     /// This node's pod CIDRs as the datastore holds them now (they can change: see
     /// [`OwnState`]).
-    pod_cidrs: Mutex<Vec<IpNet>>,
+    /// (A watch: the NetworkPolicy task follows them for its fail-closed rule.)
+    pod_cidrs: watch::Sender<Vec<IpNet>>,
     /// What this node publishes about itself; the underlay address follows the kernel.
     identity: watch::Sender<LocalIdentity>,
     /// Why this node is not registered any more (own Node deleted, lease lost), if so.
@@ -504,7 +498,7 @@ impl NodeSetup {
     }
 
     fn pod_cidrs(&self) -> Vec<IpNet> {
-        self.pod_cidrs.lock().unwrap().clone()
+        self.pod_cidrs.borrow().clone()
     }
 
     /// The datastore says what this node's registration is now. New pod CIDRs take effect at
@@ -513,8 +507,8 @@ impl NodeSetup {
     fn set_own(&self, shared: &Shared, own: OwnState) {
         match own {
             OwnState::Registered(cidrs) => {
-                let old = std::mem::replace(&mut *self.pod_cidrs.lock().unwrap(), cidrs.clone());
-                if old != cidrs {
+                let old = self.pod_cidrs();
+                if crate::datastore::send_if_changed(&self.pod_cidrs, cidrs.clone()) {
                     tracing::warn!(old = ?old, new = ?cidrs, "this node's pod CIDRs changed; moving the node to them");
                 }
                 *self.own_lost.lock().unwrap() = None;

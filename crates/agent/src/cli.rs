@@ -233,12 +233,6 @@ pub struct Cleanup {
     pub state_dir: PathBuf,
 }
 
-/// Whether `nft` is on PATH.
-fn which_nft() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nft").is_file()))
-}
-
 /// Removes everything weft made on this node; keeps going past errors and reports them all.
 pub fn cleanup(a: &Cleanup) -> Result<(), String> {
     let mut errors = Vec::new();
@@ -279,8 +273,8 @@ pub fn cleanup(a: &Cleanup) -> Result<(), String> {
             }
         }
     }
-    // The NetworkPolicy table (absent is fine; without nft there is none).
-    if which_nft() {
+    // The NetworkPolicy table (absent is fine; without nft, as for the driver, there is none).
+    if weft_firewall::driver(DriverKind::Nftables).is_ok() {
         if let Err(e) = weft_policy::Applier::new().remove() {
             errors.push(format!("table inet {}: {e}", weft_policy::TABLE));
         }

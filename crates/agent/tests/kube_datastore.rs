@@ -107,6 +107,13 @@ impl Setup {
         rx
     }
 
+    /// The underlay-ip annotation weftd keeps on n1.
+    fn my_underlay_annotation(&self) -> Option<String> {
+        self.fake
+            .node("n1")
+            .and_then(|n| annotation(&n, ANNOTATION_UNDERLAY_IP))
+    }
+
     fn unknown_requests_are_none(&self) {
         let unknown = self.fake.unknown_requests();
         assert!(unknown.is_empty(), "unexpected requests: {unknown:?}");
@@ -617,10 +624,7 @@ async fn own_node_deleted_and_recreated_reports_loss_then_the_new_cidr() {
     assert_eq!(now, OwnState::Registered(vec![net("10.244.9.0/24")]));
     // Our annotations are put back on the new object.
     eventually(Duration::from_secs(5), "annotations restored", || {
-        s.fake
-            .node("n1")
-            .and_then(|n| annotation(&n, ANNOTATION_UNDERLAY_IP))
-            .is_some()
+        s.my_underlay_annotation().is_some()
     })
     .await;
 }
@@ -639,22 +643,14 @@ async fn a_new_underlay_address_is_published_on_the_node() {
     let health = Health::default();
     let _peers = s.run(&health).await;
     eventually(Duration::from_secs(5), "first annotation", || {
-        s.fake
-            .node("n1")
-            .and_then(|n| annotation(&n, ANNOTATION_UNDERLAY_IP))
-            .as_deref()
-            == Some("192.168.50.1")
+        s.my_underlay_annotation().as_deref() == Some("192.168.50.1")
     })
     .await;
     s.identity.as_ref().unwrap().send_modify(|me| {
         me.underlay_ip = ip("192.168.50.101");
     });
     eventually(Duration::from_secs(5), "new address annotated", || {
-        s.fake
-            .node("n1")
-            .and_then(|n| annotation(&n, ANNOTATION_UNDERLAY_IP))
-            .as_deref()
-            == Some("192.168.50.101")
+        s.my_underlay_annotation().as_deref() == Some("192.168.50.101")
     })
     .await;
 }

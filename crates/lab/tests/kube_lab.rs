@@ -1005,12 +1005,6 @@ fn weft_lab_cli_up_kubectl_exec_down_with_kubernetes() {
     assert!(!after.status.success(), "kubectl still answers after down");
 }
 
-/// One TCP exchange with an agnhost at `to` from `from`'s netns: (the pod that answered, the
-/// source address it saw).
-fn agnhost_answer(from: &weft_lab::Pod, to: std::net::SocketAddr) -> Option<(String, String)> {
-    agnhost_answer_from(from.netns.handle(), to)
-}
-
 /// Issue 14 (first part): Services through kube-proxy (iptables mode) and weft: a ClusterIP
 /// reached from a pod on the backend's node (bridged) and from another node (host-gw) with
 /// the client pod's own address as the source the backend sees; a pod reaching itself through
@@ -1044,18 +1038,12 @@ fn cluster_ip_services_work_through_weft_from_every_node_and_hairpin() {
         .unwrap();
     let vip = std::net::SocketAddr::new(cluster_ip, 80);
     for (who, from) in [("same node", &near), ("other node", &far)] {
-        let mut last = None;
-        wait_until(
+        let (name, source) = wait_for_answer(
             &format!("{who} reaches the ClusterIP"),
+            from.netns.handle(),
+            vip,
             Duration::from_secs(30),
-            || {
-                last = agnhost_answer(from, vip);
-                last.is_some()
-                    .then_some(())
-                    .ok_or_else(|| "no answer".to_string())
-            },
         );
-        let (name, source) = last.unwrap();
         assert_eq!(name, "web", "{who}: answered by {name}");
         assert_eq!(
             source,
@@ -1065,14 +1053,8 @@ fn cluster_ip_services_work_through_weft_from_every_node_and_hairpin() {
     }
     // Hairpin: web reaches itself through its own Service (kube-proxy masquerades hairpin
     // traffic; weft's bridge port has hairpin mode on).
-    let mut last = None;
-    wait_until("hairpin", Duration::from_secs(10), || {
-        last = agnhost_answer(&web, vip);
-        last.is_some()
-            .then_some(())
-            .ok_or_else(|| "no answer".to_string())
-    });
-    assert_eq!(last.unwrap().0, "web");
+    let (who, _) = wait_for_answer("hairpin", web.netns.handle(), vip, Duration::from_secs(10));
+    assert_eq!(who, "web");
 }
 
 /// One TCP exchange with an agnhost from any netns: (who answered, the source it saw).
@@ -1091,6 +1073,23 @@ fn agnhost_answer_from(
     })
     .ok()
     .flatten()
+}
+
+/// Waits (up to `timeout`) for an agnhost at `to` to answer from `ns`; (who, source seen).
+fn wait_for_answer(
+    what: &str,
+    ns: &weft_netops::netns::NetNs,
+    to: std::net::SocketAddr,
+    timeout: Duration,
+) -> (String, String) {
+    let mut last = None;
+    wait_until(what, timeout, || {
+        last = agnhost_answer_from(ns, to);
+        last.is_some()
+            .then_some(())
+            .ok_or_else(|| "no answer".to_string())
+    });
+    last.unwrap()
 }
 
 /// Issue 14 (second part): NodePort from the world host, through a node that has no endpoint
@@ -1140,14 +1139,12 @@ fn node_ports_work_from_the_world_through_weft() {
     let world = c.world.handle();
 
     // Cluster: through n2, which has no endpoint; the backend sees n2's address.
-    let mut last = None;
-    wait_until("NodePort through n2", Duration::from_secs(30), || {
-        last = agnhost_answer_from(world, std::net::SocketAddr::new(n2, cluster_port));
-        last.is_some()
-            .then_some(())
-            .ok_or_else(|| "no answer".to_string())
-    });
-    let (who, source) = last.unwrap();
+    let (who, source) = wait_for_answer(
+        "NodePort through n2",
+        world,
+        std::net::SocketAddr::new(n2, cluster_port),
+        Duration::from_secs(30),
+    );
     assert_eq!(who, "web");
     assert_eq!(
         source,
@@ -1156,14 +1153,12 @@ fn node_ports_work_from_the_world_through_weft() {
     );
 
     // Local: the client's own address through the backend's node; nothing through n2.
-    let mut last = None;
-    wait_until("Local NodePort through n1", Duration::from_secs(30), || {
-        last = agnhost_answer_from(world, std::net::SocketAddr::new(n1, local_port));
-        last.is_some()
-            .then_some(())
-            .ok_or_else(|| "no answer".to_string())
-    });
-    let (who, source) = last.unwrap();
+    let (who, source) = wait_for_answer(
+        "Local NodePort through n1",
+        world,
+        std::net::SocketAddr::new(n1, local_port),
+        Duration::from_secs(30),
+    );
     assert_eq!(who, "web");
     assert_eq!(
         source,

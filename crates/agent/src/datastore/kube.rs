@@ -84,29 +84,38 @@ impl KubeStore {
                 "--cluster-cidr is required with --datastore kubernetes".to_string(),
             ));
         }
-        let api: Api<Node> = Api::all(self.client().await?);
+        let client = self.client().await?;
+        let api: Api<Node> = Api::all(client.clone());
+        // Read as the watch reads it: only the fields weftd uses.
+        let slim: Api<SlimNode> = Api::all(client);
         let name = self.cfg.node_name.clone();
         let mut backoff = Backoff::new();
 
         let pod_cidrs = loop {
-            let node =
-                match call(&self.server, format!("get node {name}"), api.get_opt(&name)).await {
-                    Ok(Some(node)) => node,
-                    Ok(None) => {
-                        let msg = format!(
-                            "node {name} not found: is the node name right (--node-name, \
+            let node = match call(
+                &self.server,
+                format!("get node {name}"),
+                slim.get_opt(&name),
+            )
+            .await
+            {
+                Ok(Some(node)) => node,
+                Ok(None) => {
+                    let msg = format!(
+                        "node {name} not found: is the node name right (--node-name, \
                          usually the hostname)?"
-                        );
-                        self.wait(health, msg, backoff.next()).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        self.wait(health, e, backoff.next()).await;
-                        continue;
-                    }
-                };
+                    );
+                    self.wait(health, msg, backoff.next()).await;
+                    continue;
+                }
+                Err(e) => {
+                    self.wait(health, e, backoff.next()).await;
+                    continue;
+                }
+            };
             backoff.reset();
-            match node_pod_cidrs(&node) {
+            let cidrs = NodeFacts::of_slim(&node).map_or(Ok(Vec::new()), |f| f.pod_cidrs);
+            match cidrs {
                 Ok(cidrs) if !cidrs.is_empty() => break cidrs,
                 Ok(_) => {
                     let msg = format!(
@@ -362,24 +371,6 @@ async fn patch_annotations(
     Ok(())
 }
 
-/// A node's pod CIDRs: `spec.podCIDRs`, else `spec.podCIDR`; empty if not assigned yet.
-pub fn node_pod_cidrs(node: &Node) -> Result<Vec<IpNet>, String> {
-    let name = node.metadata.name.as_deref().unwrap_or("<unnamed>");
-    let Some(spec) = &node.spec else {
-        return Ok(Vec::new());
-    };
-    let raw: Vec<&String> = match &spec.pod_cidrs {
-        Some(list) if !list.is_empty() => list.iter().collect(),
-        _ => spec.pod_cidr.iter().collect(),
-    };
-    raw.into_iter()
-        .map(|s| {
-            s.parse::<IpNet>()
-                .map_err(|e| format!("node {name}: invalid pod CIDR {s:?}: {e}"))
-        })
-        .collect()
-}
-
 /// A Node as weftd's watch decodes it: the name, resource version and weft's own annotations,
 /// the pod CIDRs and the InternalIPs. Everything else in the JSON (status conditions, images,
 /// managed fields: most of a Node's ~10-14 KiB) is skipped while parsing, never allocated.
@@ -485,38 +476,6 @@ impl<'de> serde::Deserialize<'de> for SlimNode {
     }
 }
 
-impl From<&Node> for SlimNode {
-    fn from(node: &Node) -> SlimNode {
-        let spec = node.spec.as_ref();
-        let pod_cidrs = match spec.and_then(|s| s.pod_cidrs.clone()) {
-            Some(list) if !list.is_empty() => list,
-            _ => spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(),
-        };
-        SlimNode {
-            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                name: node.metadata.name.clone(),
-                resource_version: node.metadata.resource_version.clone(),
-                annotations: weft_annotations(
-                    node.metadata.annotations.clone().unwrap_or_default(),
-                ),
-                ..Default::default()
-            },
-            pod_cidrs,
-            internal_ips: node
-                .status
-                .as_ref()
-                .and_then(|s| s.addresses.as_ref())
-                .map(|a| {
-                    a.iter()
-                        .filter(|a| a.type_ == "InternalIP")
-                        .map(|a| a.address.clone())
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
-    }
-}
-
 /// The few facts weftd keeps of a Node. A full Node object is ~14 KiB (status, images,
 /// conditions, managed fields); these are a few hundred bytes, so weftd's memory follows the
 /// number of nodes, not the size of their objects. Two Nodes with equal facts are the same
@@ -534,9 +493,12 @@ pub struct NodeFacts {
 }
 
 impl NodeFacts {
-    /// The facts of `node`; `None` for an object without a name.
+    /// The facts of a full Node object; `None` for an object without a name. (The same
+    /// decoding as the watch's, so the two can never disagree.)
     pub fn of(node: &Node) -> Option<NodeFacts> {
-        NodeFacts::of_slim(&SlimNode::from(node))
+        use serde::Deserialize;
+        let slim = SlimNode::deserialize(serde_json::to_value(node).ok()?).ok()?;
+        NodeFacts::of_slim(&slim)
     }
 
     /// The facts of a Node as the watch decodes it.
@@ -794,7 +756,7 @@ mod tests {
         let mut n = node("a", &[], &[], &[]);
         n.spec.as_mut().unwrap().pod_cidr = Some("10.244.7.0/24".to_string());
         assert_eq!(
-            node_pod_cidrs(&n).unwrap(),
+            NodeFacts::of(&n).unwrap().pod_cidrs.unwrap(),
             vec!["10.244.7.0/24".parse::<IpNet>().unwrap()]
         );
     }
