@@ -301,9 +301,7 @@ fn one_run(opts: &Options, peers: usize, run_no: usize) -> Result<RunResult, Str
     let ns = Netns::new("wb-cp").map_err(|e| format!("create netns: {e}"))?;
     let dir = std::env::temp_dir().join(format!("weft-bench-{}", ns.name));
     let _ = std::fs::remove_dir_all(&dir);
-    for sub in ["net.d", "ipam", "state"] {
-        std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("create {sub}: {e}"))?;
-    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let result = (|| {
         make_underlay(&ns)?;
         let etcd = start_etcd(ns, &dir)?;
@@ -348,14 +346,7 @@ fn one_run(opts: &Options, peers: usize, run_no: usize) -> Result<RunResult, Str
         .iter()
         .map(|s| s.to_string())
         .collect();
-        for (flag, sub) in [
-            ("--cni-conf-dir", "net.d"),
-            ("--ipam-data-dir", "ipam"),
-            ("--state-dir", "state"),
-        ] {
-            args.push(flag.into());
-            args.push(dir.join(sub).display().to_string());
-        }
+        args.extend(crate::util::agent_dir_args(&dir)?);
         args.push("--cni-bin-dir".into());
         args.push(opts.bin_dir.display().to_string());
         args.extend(opts.agent_args.iter().cloned());

@@ -101,7 +101,7 @@ fn node_name(i: usize) -> String {
 }
 
 /// A Node as a kubelet and weftd leave it: most of its bytes are status weftd never reads.
-fn node_object(name: &str, cidr: &str, ip: Ipv4Addr, i: usize) -> Node {
+pub(crate) fn node_object(name: &str, cidr: &str, ip: Ipv4Addr, i: usize) -> Node {
     let images: Vec<_> = (0..30)
         .map(|k| {
             json!({
@@ -168,12 +168,14 @@ fn node_object(name: &str, cidr: &str, ip: Ipv4Addr, i: usize) -> Node {
 
 /// Runs `f` with a client for `kubeconfig` on a thread inside `ns`, on a current-thread
 /// runtime (every socket is then made in that netns).
-fn with_api<T: Send + 'static>(
-    ns: &Netns,
+pub(crate) fn with_client<T: Send + 'static>(
+    ns: &weft_netops::netns::NetNs,
     kubeconfig: PathBuf,
-    f: impl FnOnce(Api<Node>) -> futures::future::BoxFuture<'static, Result<T, String>> + Send + 'static,
+    f: impl FnOnce(kube::Client) -> futures::future::BoxFuture<'static, Result<T, String>>
+        + Send
+        + 'static,
 ) -> Result<T, String> {
-    in_netns_thread(ns.handle(), move || {
+    in_netns_thread(ns, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -184,14 +186,23 @@ fn with_api<T: Send + 'static>(
                 .await
                 .map_err(|e| e.to_string())?;
             let client = kube::Client::try_from(cfg).map_err(|e| e.to_string())?;
-            f(Api::all(client)).await
+            f(client).await
         })
     })
     .map_err(|e| format!("thread in netns: {e}"))?
 }
 
+/// [`with_client`] with the Nodes API.
+fn with_api<T: Send + 'static>(
+    ns: &Netns,
+    kubeconfig: PathBuf,
+    f: impl FnOnce(Api<Node>) -> futures::future::BoxFuture<'static, Result<T, String>> + Send + 'static,
+) -> Result<T, String> {
+    with_client(ns.handle(), kubeconfig, move |client| f(Api::all(client)))
+}
+
 /// utime + stime of `pid` in seconds.
-fn cpu_s(pid: u32) -> f64 {
+pub(crate) fn cpu_s(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -220,9 +231,7 @@ fn one_run(opts: &Options, nodes: usize, run_no: usize) -> Result<RunResult, Str
     let ns = Netns::new("wb-kcp").map_err(|e| format!("create netns: {e}"))?;
     let dir = std::env::temp_dir().join(format!("weft-bench-{}", ns.name));
     let _ = std::fs::remove_dir_all(&dir);
-    for sub in ["net.d", "ipam", "state"] {
-        std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("create {sub}: {e}"))?;
-    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let result = (|| {
         make_underlay(&ns)?;
         let spec = ControlPlaneSpec::new(
@@ -297,14 +306,7 @@ fn one_run(opts: &Options, nodes: usize, run_no: usize) -> Result<RunResult, Str
         .collect();
         args.push("--kubeconfig".into());
         args.push(kubeconfig.display().to_string());
-        for (flag, sub) in [
-            ("--cni-conf-dir", "net.d"),
-            ("--ipam-data-dir", "ipam"),
-            ("--state-dir", "state"),
-        ] {
-            args.push(flag.into());
-            args.push(dir.join(sub).display().to_string());
-        }
+        args.extend(crate::util::agent_dir_args(&dir)?);
         args.extend(opts.agent_args.iter().cloned());
         cmd.args(&args).env("WEFT_LOG", "info");
 

@@ -69,17 +69,26 @@ enum Holder {
     Lab(Box<Cluster>),
 }
 
-struct Path {
-    name: &'static str,
+pub(crate) struct Path {
+    pub name: &'static str,
     holder: Holder,
-    server_ip: IpAddr,
+    pub server_ip: IpAddr,
     mtu: u32,
     server: Option<ChildGuard>,
     runs: Vec<Run>,
 }
 
 impl Path {
-    fn ends(&self) -> (&NetNs, &NetNs) {
+    /// The node netns of a same-node path (where weft's bridge and firewall live).
+    pub fn node(&self) -> Option<&NetNs> {
+        match &self.holder {
+            Holder::SameNode { node, .. } => Some(node.handle()),
+            _ => None,
+        }
+    }
+
+    /// (server, client) netns.
+    pub fn ends(&self) -> (&NetNs, &NetNs) {
         match &self.holder {
             Holder::Veth(a, b) => (a.handle(), b.handle()),
             Holder::SameNode { pods, .. } => (pods[0].handle(), pods[1].handle()),
@@ -121,8 +130,8 @@ impl Drop for Path {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Run {
-    gbit_s: f64,
+pub(crate) struct Run {
+    pub gbit_s: f64,
     retransmits: f64,
     sender_cpu: f64,
     receiver_cpu: f64,
@@ -172,7 +181,7 @@ fn bare_veth() -> Result<Path, String> {
     })
 }
 
-fn same_node(weft: bool, bin_dir: &std::path::Path) -> Result<Path, String> {
+pub(crate) fn same_node(weft: bool, bin_dir: &std::path::Path) -> Result<Path, String> {
     let node = Netns::new("wb-dpnode").map_err(|e| format!("create netns: {e}"))?;
     let pods = [
         Netns::new("wb-dppod").map_err(|e| format!("create netns: {e}"))?,
@@ -275,7 +284,7 @@ fn cross_node(backend: &str, underlay_mtu: u32, bin_dir: &std::path::Path) -> Re
     })
 }
 
-fn start_server(p: &mut Path) -> Result<(), String> {
+pub(crate) fn start_server(p: &mut Path) -> Result<(), String> {
     let (srv, _) = p.ends();
     let mut cmd = enter_command(srv, "iperf3");
     cmd.args([
@@ -292,7 +301,7 @@ fn start_server(p: &mut Path) -> Result<(), String> {
     Ok(())
 }
 
-fn run_client(p: &Path, seconds: u32) -> Result<Run, String> {
+pub(crate) fn run_client(p: &Path, seconds: u32) -> Result<Run, String> {
     let (_, cli) = p.ends();
     let mut last_err = String::new();
     for _ in 0..3 {

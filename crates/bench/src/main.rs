@@ -6,6 +6,8 @@ mod control_plane;
 mod control_plane_kube;
 mod datapath;
 mod plugin;
+mod policy;
+mod policy_kube;
 mod stats;
 mod util;
 
@@ -93,6 +95,24 @@ enum Suite {
         /// Extra arguments for `weftd run` (after --).
         #[arg(last = true)]
         agent_args: Vec<String>,
+    },
+    /// NetworkPolicy: data path with 0 vs 1,000 policies; weftd with 10,000 Pods and 1,000
+    /// policies in a real kube-apiserver; apply -> enforced on every node of the Kubernetes lab.
+    Policy {
+        /// Only these parts: datapath, scale, latency (comma-separated; default all).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Interleaved rounds (datapath), policy create/delete rounds (latency).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Seconds per iperf3 and connection-rate run (datapath).
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+        /// Pods besides the probes (datapath: remote pods in the sets; scale: Pods in the API).
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 1_000)]
+        policies: usize,
     },
 }
 
@@ -208,6 +228,25 @@ fn main() {
                 control_plane_kube::run(&opts).unwrap_or_else(|e| fail("control-plane", e));
             control_plane_kube::print(&report, &opts);
             serde_json::json!({ "suite": "control-plane-kubernetes", "report": report })
+        }
+        Suite::Policy {
+            only,
+            rounds,
+            seconds,
+            pods,
+            policies,
+        } => {
+            let opts = policy::Options {
+                parts: only,
+                rounds: rounds.max(1),
+                seconds: seconds.max(1),
+                pods,
+                policies: policies.max(1),
+                bin_dir,
+            };
+            let report = policy::run(&opts).unwrap_or_else(|e| fail("policy", e));
+            policy::print(&report, &opts);
+            serde_json::json!({ "suite": "policy", "report": report })
         }
         Suite::ControlPlane {
             peers,

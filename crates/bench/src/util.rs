@@ -61,3 +61,24 @@ pub fn output(mut cmd: Command, what: &str) -> Result<String, String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Makes weftd's per-node directories under `dir` and returns the `weftd run` flags that
+/// point it there (CNI config, IPAM, state, plugin events, policy socket): a benchmark's agent
+/// never writes to the machine's own /etc/cni, /var/lib or /run/weft.
+pub fn agent_dir_args(dir: &std::path::Path) -> Result<Vec<String>, String> {
+    let mut args = Vec::new();
+    for (flag, sub) in [
+        ("--cni-conf-dir", "net.d"),
+        ("--ipam-data-dir", "ipam"),
+        ("--state-dir", "state"),
+        ("--plugin-events-dir", "plugin-events"),
+    ] {
+        let path = dir.join(sub);
+        std::fs::create_dir_all(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+        args.push(flag.to_string());
+        args.push(path.display().to_string());
+    }
+    args.push("--policy-socket".into());
+    args.push(dir.join("policy.sock").display().to_string());
+    Ok(args)
+}

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use serde_json::json;
 use weft_policy::{
-    build, compile, diff, k8s, Applier, CompileOptions, Key, Labels, Model, NamedPort, Namespace,
-    Pod, Protocol,
+    build, compile, diff, k8s, synthetic, Applier, CompileOptions, Key, Labels, Model, NamedPort,
+    Namespace, Pod, Protocol,
 };
 
 fn labels(pairs: &[(&str, String)]) -> Labels {
@@ -25,7 +25,7 @@ fn model(pods: usize, policies: usize) -> Model {
     for n in 0..namespaces {
         m.set_namespace(Namespace::new(
             format!("ns{n}"),
-            labels(&[("team", format!("t{}", n % 10))]),
+            labels(&synthetic::namespace_labels(n)),
         ));
     }
     for i in 0..pods {
@@ -33,10 +33,7 @@ fn model(pods: usize, policies: usize) -> Model {
         m.set_pod(Pod {
             namespace: ns,
             name: format!("pod{i}"),
-            labels: labels(&[
-                ("app", format!("app{}", i % 20)),
-                ("tier", format!("{}", i % 3)),
-            ]),
+            labels: labels(&synthetic::pod_labels(i)),
             ips: vec![
                 std::net::IpAddr::from([10, (i >> 16) as u8 + 100, (i >> 8) as u8, i as u8]),
                 format!("fd00:10::{:x}", i + 1).parse().unwrap(),
@@ -51,25 +48,7 @@ fn model(pods: usize, policies: usize) -> Model {
         });
     }
     for p in 0..policies {
-        let ns = format!("ns{}", p % namespaces);
-        let spec = match p % 4 {
-            0 => json!({ "podSelector": { "matchLabels": { "app": format!("app{}", p % 20) } },
-                "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "tier": "0" } } }], "ports": [{ "port": 8080 }] }] }),
-            1 => json!({ "podSelector": { "matchLabels": { "tier": "1" } },
-                "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "team": format!("t{}", p % 10) } } }],
-                              "ports": [{ "port": "http" }] }] }),
-            2 => {
-                json!({ "podSelector": { "matchExpressions": [{ "key": "app", "operator": "In", "values": [format!("app{}", p % 20), "app1"] }] },
-                "policyTypes": ["Egress"],
-                "egress": [{ "to": [{ "ipBlock": { "cidr": "10.0.0.0/8", "except": [format!("10.{}.0.0/16", p % 200)] } }] },
-                           { "to": [{ "namespaceSelector": {}, "podSelector": { "matchLabels": { "app": "dns" } } }], "ports": [{ "port": 53, "protocol": "UDP" }] }] })
-            }
-            _ => json!({ "podSelector": {}, "ingress": [{ "from": [{ "podSelector": {} }] }] }),
-        };
-        let obj = serde_json::from_value(
-            json!({ "metadata": { "namespace": ns, "name": format!("pol{p}") }, "spec": spec }),
-        )
-        .unwrap();
+        let obj = serde_json::from_value(synthetic::policy_object(p, namespaces)).unwrap();
         m.set_policy(k8s::policy(&obj).unwrap());
     }
     m

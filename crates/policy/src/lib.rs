@@ -54,6 +54,7 @@ pub mod incremental;
 pub mod k8s;
 pub mod model;
 pub mod nft;
+pub mod synthetic;
 
 pub use apply::{Applier, ApplyError, ApplyStats};
 pub use compile::{compile, CompileOptions, Family, Ruleset, TABLE};
