@@ -45,7 +45,7 @@ async fn policy_verdict(
     State(shared): State<Arc<Shared>>,
     axum::extract::Query(q): axum::extract::Query<VerdictQuery>,
 ) -> impl IntoResponse {
-    let Some(model) = shared.policy_model.get() else {
+    let Some(compiler) = shared.policy.get() else {
         return (
             StatusCode::NOT_FOUND,
             "NetworkPolicy is not enforced by this weftd\n".to_string(),
@@ -68,7 +68,10 @@ async fn policy_verdict(
         );
         ips
     };
-    let v = crate::policy::verdict(&model.read().unwrap(), &local, q.src, q.dst, proto, q.port);
+    let v = {
+        let c = compiler.read().unwrap();
+        crate::policy::verdict(c.model(), &local, q.src, q.dst, proto, q.port)
+    };
     (StatusCode::OK, format!("{v}\n"))
 }
 

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::compile::Ruleset;
+use crate::incremental::Changes;
 use crate::nft::{build, diff, Batch};
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,29 @@ impl Applier {
         }
         let stats = self.run(&batch).inspect_err(|_| self.programmed = None)?;
         self.programmed = Some(desired.clone());
+        Ok(ApplyStats { full, ..stats })
+    }
+
+    /// Make the kernel hold `desired`, given the [`Changes`] the incremental compiler made
+    /// since the state this applier last programmed: a pod or namespace event is sent as its
+    /// element changes alone and recorded in O(change) (no ruleset comparison, no copy); a
+    /// recompile is diffed in full; the first call (and the first after a failure) replaces
+    /// the table atomically. The caller takes the changes after every call, failed or not.
+    pub fn apply_changes(
+        &mut self,
+        desired: &Ruleset,
+        changes: &Changes,
+    ) -> Result<ApplyStats, ApplyError> {
+        let batch = changes.batch(self.programmed.as_ref(), desired);
+        let full = self.programmed.is_none();
+        if batch.is_empty() {
+            return Ok(ApplyStats::default());
+        }
+        let stats = self.run(&batch).inspect_err(|_| self.programmed = None)?;
+        match &mut self.programmed {
+            Some(p) => changes.apply_to(p, desired),
+            None => self.programmed = Some(desired.clone()),
+        }
         Ok(ApplyStats { full, ..stats })
     }
 

@@ -58,7 +58,7 @@ pub mod nft;
 pub use apply::{Applier, ApplyError, ApplyStats};
 pub use compile::{compile, CompileOptions, Family, Ruleset, TABLE};
 pub use eval::{evaluate, Decision, Endpoint, Verdict};
-pub use incremental::Compiler;
+pub use incremental::{Changes, Compiler, Delta};
 pub use model::{
     Direction, IpBlock, Key, Labels, Model, NamedPort, Namespace, Namespaces, Operator, Peer, Pod,
     PodSet, Policy, PortRef, PortSpec, Protocol, Requirement, Rule, Selector,
