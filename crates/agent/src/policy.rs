@@ -13,7 +13,7 @@
 use crate::agent::Shared;
 use futures::{Stream, StreamExt};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
@@ -24,6 +24,7 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use weft_policy::k8s::SlimPod;
 use weft_policy::{Applier, CompileOptions, Compiler, Key, Model};
 
 /// Events arriving within this of each other are applied together (one transaction).
@@ -48,9 +49,38 @@ pub struct PolicyStatus {
     pub invalid: Vec<String>,
 }
 
+/// A Pod as the watch decodes it: only what policy reads ([`SlimPod`]), so 10k pods cost
+/// little memory (a full Pod is a few KiB, mostly managed fields and statuses).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct WatchedPod(pub SlimPod);
+
+impl kube::Resource for WatchedPod {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.0.metadata
+    }
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.0.metadata
+    }
+}
+
 enum Change {
     Namespace(Box<Event<Namespace>>),
-    Pod(Box<Event<Pod>>),
+    Pod(Box<Event<WatchedPod>>),
     Policy(Box<Event<NetworkPolicy>>),
     Failed(String),
 }
@@ -118,12 +148,12 @@ impl Watched for Namespace {
     }
 }
 
-impl Watched for Pod {
+impl Watched for WatchedPod {
     const KIND: &'static str = "Pod";
     const PLURAL: &'static str = "pods";
     const SLOT: usize = 1;
     fn put(p: &Self, key: &Key, st: &mut State) -> Result<bool, String> {
-        let mut pod = weft_policy::k8s::pod(p, &st.node).map_err(|e| e.to_string())?;
+        let mut pod = weft_policy::k8s::slim_pod(&p.0, &st.node).map_err(|e| e.to_string())?;
         if pod.ips.is_empty() {
             if let Some(ips) = st.announced.get(key) {
                 pod.ips = ips.clone();
@@ -259,7 +289,7 @@ pub async fn run(
     let _ = shared.policy.set(compiler.clone());
     let mut changes = futures::stream::select_all([
         watch_kind(Api::<Namespace>::all(client.clone()), Change::Namespace),
-        watch_kind(Api::<Pod>::all(client.clone()), Change::Pod),
+        watch_kind(Api::<WatchedPod>::all(client.clone()), Change::Pod),
         watch_kind(Api::<NetworkPolicy>::all(client), Change::Policy),
     ]);
     let mut state = State {
@@ -506,7 +536,7 @@ mod tests {
         }
     }
 
-    fn pod(name: &str, app: &str, ip: &str) -> Pod {
+    fn pod(name: &str, app: &str, ip: &str) -> WatchedPod {
         serde_json::from_value(serde_json::json!({
             "metadata": { "namespace": "x", "name": name, "labels": { "app": app } },
             "spec": { "nodeName": "n1", "containers": [] },
