@@ -86,6 +86,20 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    if let Some(compiler) = shared.policy.get() {
+        // One `nft -j list counters` per scrape, joined with what the counters stand for.
+        let meta = compiler.read().unwrap().counters().clone();
+        let read =
+            tokio::task::spawn_blocking(|| weft_policy::Applier::new().read_counters()).await;
+        match read {
+            Ok(Ok(values)) => shared
+                .metrics
+                .policy_packets
+                .set(crate::metrics::PolicyPackets::join(&meta, &values)),
+            Ok(Err(e)) => tracing::debug!(error = %e, "metrics: no policy counters"),
+            Err(e) => tracing::warn!(error = %e, "metrics: policy counter task"),
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

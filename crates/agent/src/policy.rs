@@ -269,7 +269,9 @@ fn options(pod_cidrs: &[IpNet], cut_established: bool) -> CompileOptions {
         sctp: true,
         fail_closed: pod_cidrs.to_vec(),
         cut_established,
-        ..CompileOptions::default()
+        // For /metrics: read back at each scrape.
+        counters: true,
+        log_denied: None,
     }
 }
 

@@ -156,6 +156,11 @@ impl Compiler {
         &self.model
     }
 
+    /// The named counters of the ruleset as last compiled (what /metrics reads back).
+    pub fn counters(&self) -> &BTreeMap<String, crate::compile::CounterMeta> {
+        &self.ruleset.counters
+    }
+
     pub fn options(&self) -> &CompileOptions {
         &self.opts
     }

@@ -55,8 +55,8 @@ pub mod k8s;
 pub mod model;
 pub mod nft;
 
-pub use apply::{Applier, ApplyError, ApplyStats};
-pub use compile::{compile, CompileOptions, Family, Ruleset, TABLE};
+pub use apply::{Applier, ApplyError, ApplyStats, CounterValue};
+pub use compile::{compile, CompileOptions, CounterMeta, Family, Ruleset, TABLE};
 pub use eval::{evaluate, Decision, Endpoint, Verdict};
 pub use incremental::{Changes, Compiler, Delta};
 pub use model::{

@@ -91,6 +91,11 @@ fn simulate(state: &Ruleset, batch: &Batch) -> Result<Ruleset, String> {
                         }
                     }
                 }
+                if let Some(c) = &r.counter {
+                    if !s.counters.contains_key(c) {
+                        return Err(format!("rule in {n} updates missing counter {c}"));
+                    }
+                }
                 if let Action::Jump(t) = &r.action {
                     if !s.chains.contains_key(t) {
                         return Err(format!("rule in {n} jumps to missing chain {t}"));
@@ -109,6 +114,21 @@ fn simulate(state: &Ruleset, batch: &Batch) -> Result<Ruleset, String> {
                 }
                 s.chains.remove(n);
             }
+            Command::AddCounter(n, meta) => {
+                if s.counters.insert(n.clone(), meta.clone()).is_some() {
+                    return Err(format!("counter {n} exists"));
+                }
+            }
+            Command::DeleteCounter(n) => {
+                let used = s
+                    .chains
+                    .values()
+                    .any(|c| c.rules.iter().any(|r| r.counter.as_ref() == Some(n)));
+                if used {
+                    return Err(format!("counter {n} busy"));
+                }
+                s.counters.remove(n).ok_or(format!("no counter {n}"))?;
+            }
             Command::DeleteSet(n, _) => {
                 if set_refs(&s, n) {
                     return Err(format!("set {n} busy"));
@@ -120,8 +140,13 @@ fn simulate(state: &Ruleset, batch: &Batch) -> Result<Ruleset, String> {
     Ok(s)
 }
 
+/// With the named counters of /metrics: they must be created before and deleted after the
+/// rules that update them, and survive a policy's rewrite.
 fn opts() -> CompileOptions {
-    CompileOptions::default()
+    CompileOptions {
+        counters: true,
+        ..Default::default()
+    }
 }
 
 /// The xyz model with a realistic mix of policies.
