@@ -281,7 +281,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             client,
             cfg.node_name.clone(),
             node.pod_cidrs.subscribe(),
-            cfg.policy_cuts_established,
+            crate::policy::Options {
+                cut_established: cfg.policy_cuts_established,
+                log_denied: cfg.policy_log_denied,
+            },
             cfg.policy_socket.clone(),
             shared.clone(),
         ));

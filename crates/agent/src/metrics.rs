@@ -118,6 +118,7 @@ impl Collector for PolicyPackets {
 pub struct Metrics {
     pub registry: Registry,
     pub policy_packets: std::sync::Arc<PolicyPackets>,
+    pub policy_log_suppressed: Counter,
     pub peers: Family<PathLabel, Gauge>,
     pub kernel_objects: Family<ObjectLabel, Gauge>,
     pub reconcile_duration: Histogram,
@@ -201,9 +202,16 @@ impl Metrics {
         );
         let policy_packets = std::sync::Arc::new(PolicyPackets::default());
         registry.register_collector(Box::new(policy_packets.clone()));
+        let policy_log_suppressed = Counter::default();
+        registry.register(
+            "policy_log_suppressed",
+            "Denied connections not written to the deny log (the same flow again within 10 s, over 20 lines a second, or dropped by the kernel)",
+            policy_log_suppressed.clone(),
+        );
         Metrics {
             registry,
             policy_packets,
+            policy_log_suppressed,
             cni_duration,
             cni_errors,
             ipam_addresses,
@@ -270,7 +278,7 @@ mod tests {
         let text = m.encode();
         let lines: Vec<&str> = text
             .lines()
-            .filter(|l| l.contains("weft_policy_"))
+            .filter(|l| l.contains("weft_policy_allowed") || l.contains("weft_policy_denied"))
             .collect();
         assert_eq!(
             lines,

@@ -264,14 +264,22 @@ impl State {
     }
 }
 
-fn options(pod_cidrs: &[IpNet], cut_established: bool) -> CompileOptions {
+/// weftd's policy options (flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub cut_established: bool,
+    /// The deny log (crate::policy_log).
+    pub log_denied: bool,
+}
+
+fn options(pod_cidrs: &[IpNet], o: Options) -> CompileOptions {
     CompileOptions {
         sctp: true,
         fail_closed: pod_cidrs.to_vec(),
-        cut_established,
+        cut_established: o.cut_established,
         // For /metrics: read back at each scrape.
         counters: true,
-        log_denied: None,
+        log_denied: o.log_denied.then_some(crate::policy_log::GROUP),
     }
 }
 
@@ -280,15 +288,22 @@ pub async fn run(
     client: kube::Client,
     node: String,
     mut pod_cidrs: watch::Receiver<Vec<IpNet>>,
-    cut_established: bool,
+    o: Options,
     socket: std::path::PathBuf,
     shared: Arc<Shared>,
 ) {
-    let opts = options(&pod_cidrs.borrow(), cut_established);
+    let opts = options(&pod_cidrs.borrow(), o);
     // Nothing is compiled before the first complete lists: a policy event only marks the
     // compiler stale, so the initial list costs one compile.
     let compiler = Arc::new(RwLock::new(Compiler::new(Model::new(), opts)));
     let _ = shared.policy.set(compiler.clone());
+    if o.log_denied {
+        // Bound before the first table with a log statement exists: nothing is missed.
+        crate::policy_log::spawn(
+            compiler.clone(),
+            shared.metrics.policy_log_suppressed.clone(),
+        );
+    }
     let mut changes = futures::stream::select_all([
         watch_kind(Api::<Namespace>::all(client.clone()), Change::Namespace),
         watch_kind(Api::<WatchedPod>::all(client.clone()), Change::Pod),
@@ -332,7 +347,7 @@ pub async fn run(
                 if changed.is_err() {
                     return;
                 }
-                let opts = options(&pod_cidrs.borrow(), cut_established);
+                let opts = options(&pod_cidrs.borrow(), o);
                 dirty |= state.c().set_options(opts);
             }
             Some(a) = announcements.recv() => {
@@ -529,7 +544,7 @@ mod tests {
             node: "n1".into(),
             compiler: Arc::new(RwLock::new(Compiler::new(
                 Model::new(),
-                options(&[], false),
+                options(&[], Options::default()),
             ))),
             listing: Default::default(),
             listed: [false; 3],
