@@ -256,9 +256,10 @@ impl State {
                         changed |= K::remove(&k, self);
                     }
                 }
+                let synced = self.listed.iter().all(|l| *l);
                 self.listed[K::SLOT] = true;
                 // The first complete list of all three kinds programs the table.
-                changed || self.listed.iter().all(|l| *l)
+                changed || (!synced && self.listed.iter().all(|l| *l))
             }
         }
     }
@@ -570,6 +571,27 @@ mod tests {
         .unwrap()
     }
 
+    impl State {
+        /// A re-list of namespaces that finds them as they were.
+        fn list_same_namespaces(&mut self) -> bool {
+            let ns: Vec<Namespace> = self
+                .c()
+                .model()
+                .namespaces
+                .keys()
+                .map(|n| {
+                    serde_json::from_value(serde_json::json!({ "metadata": { "name": n } }))
+                        .unwrap()
+                })
+                .collect();
+            let mut changed = self.event::<Namespace>(Event::Init);
+            for n in ns {
+                changed |= self.event(Event::InitApply(n));
+            }
+            changed | self.event::<Namespace>(Event::InitDone)
+        }
+    }
+
     fn list<K: Watched>(st: &mut State, objs: Vec<K>) -> bool {
         let mut changed = st.event::<K>(Event::Init);
         for o in objs {
@@ -624,6 +646,11 @@ mod tests {
         );
         assert!(st.event(Event::Apply(deny_all())));
         assert!(st.invalid.is_empty());
+        // The same policy again (a re-list, a resync): no recompile, nothing to apply.
+        st.c().take_changes();
+        assert!(!st.event(Event::Apply(deny_all())));
+        assert!(!st.list_same_namespaces());
+        assert!(st.c().take_changes().is_empty());
         assert!(st.event(Event::Delete(deny_all())));
         assert!(st.c().take_changes().full, "a policy event recompiles");
     }

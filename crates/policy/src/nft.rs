@@ -674,6 +674,29 @@ mod tests {
         assert_eq!(map["type"], "ipv6_addr");
     }
 
+    /// The deny log: off, no log statement at all; on, one rate-limited NFLOG rule for new
+    /// connections before each namespace chain's drop.
+    #[test]
+    fn deny_log_rule_only_with_the_option() {
+        let json = build(&compile(&sctp_model(), &CompileOptions::default())).to_json();
+        assert!(!json.to_string().contains("\"log\""), "{json}");
+        let opts = CompileOptions {
+            log_denied: Some(87),
+            ..Default::default()
+        };
+        let json = build(&compile(&sctp_model(), &opts)).to_json();
+        let rules = rules_of(&json, "ni_x");
+        assert_eq!(rules.len(), 3, "{rules:#?}");
+        assert_eq!(
+            rules[1],
+            r#"[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["new"]}},{"limit":{"burst":20,"per":"second","rate":10,"rate_unit":"packets"}},{"log":{"group":87,"prefix":"ni_x"}}]"#
+        );
+        assert_eq!(rules[2], r#"[{"drop":null}]"#);
+        assert!(rules_of(&json, "pi_x_sctp")
+            .iter()
+            .all(|r| !r.contains("log")));
+    }
+
     #[test]
     fn diff_of_equal_states_is_empty() {
         let r = compile(&sctp_model(), &CompileOptions::default());
