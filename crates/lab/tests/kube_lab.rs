@@ -893,6 +893,19 @@ fn network_policy_is_enforced_on_kubectl_pods_same_node_and_across_nodes() {
         why.starts_with("allowed") && why.contains("default/db-from-clients, ingress rule 0"),
         "{why}"
     );
+    // /metrics reads the kernel's counters: what the policy admitted (far) and what db's
+    // isolation denied (near, and both before far was a client), on db's node.
+    let sample = |body: &str, series: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (code, metrics) = agent_get(&c, "n1", "/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let denied = r#"weft_policy_denied_packets_total{namespace="default",direction="ingress"}"#;
+    let allowed = r#"weft_policy_allowed_packets_total{namespace="default",policy="db-from-clients",direction="ingress"}"#;
+    assert!(sample(&metrics, denied) > 0, "{metrics}");
+    assert!(sample(&metrics, allowed) > 0, "{metrics}");
     let (code, body) = agent_get(&c, "n1", "/status");
     assert_eq!(code, 200);
     let status: Value = serde_json::from_str(&body).unwrap();
