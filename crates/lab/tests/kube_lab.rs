@@ -918,7 +918,62 @@ fn network_policy_is_enforced_on_kubectl_pods_same_node_and_across_nodes() {
         "{status}"
     );
 
+    // The deny log, turned on as an operator would (weftd restarted by its DaemonSet with
+    // the option): a denied connection is one line in weftd's log naming both pods and the
+    // policy (NFLOG read by weftd with NET_ADMIN only, in the node's netns).
     let cp = c.control_plane().unwrap();
+    cp.kubectl(&[
+        "-n",
+        "weft",
+        "set",
+        "env",
+        "ds/weft",
+        "-c",
+        "weftd",
+        "WEFT_POLICY_LOG_DENIED=true",
+    ])
+    .unwrap();
+    cp.kubectl(&[
+        "-n",
+        "weft",
+        "rollout",
+        "status",
+        "ds/weft",
+        "--timeout=120s",
+    ])
+    .unwrap_or_else(|e| panic!("weftd restart with the deny log: {e}"));
+    wait_until(
+        "a denied connection logged",
+        Duration::from_secs(30),
+        || {
+            assert!(
+                !reach(&near),
+                "near must stay denied across weftd's restart"
+            );
+            let logs = cp
+                .kubectl(&[
+                    "-n",
+                    "weft",
+                    "logs",
+                    "-l",
+                    "app.kubernetes.io/name=weft",
+                    "-c",
+                    "weftd",
+                    "--tail=-1",
+                ])
+                .unwrap_or_default();
+            logs.lines()
+                .find(|l| {
+                    l.contains("denied a new connection")
+                        && l.contains("default/near")
+                        && l.contains("default/db")
+                        && l.contains("default/db-from-clients")
+                })
+                .map(|l| eprintln!("deny log: {l}"))
+                .ok_or_else(|| "no deny log line yet".to_string())
+        },
+    );
+
     cp.kubectl(&["delete", "networkpolicy", "db-from-clients"])
         .unwrap();
     wait_until("db open again", Duration::from_secs(10), || {
