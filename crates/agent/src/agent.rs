@@ -97,8 +97,9 @@ pub struct Shared {
     pub status: Mutex<Status>,
     pub metrics: crate::metrics::Metrics,
     pub health: Health,
-    /// The NetworkPolicy model, when weftd enforces NetworkPolicy.
-    pub policy_model: std::sync::OnceLock<Arc<std::sync::RwLock<weft_policy::Model>>>,
+    /// The NetworkPolicy compiler (its model and desired table), when weftd enforces
+    /// NetworkPolicy.
+    pub policy: std::sync::OnceLock<Arc<std::sync::RwLock<weft_policy::Compiler>>>,
 }
 
 impl Shared {
@@ -181,7 +182,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         }),
         metrics: crate::metrics::Metrics::new(),
         health: Health::default(),
-        policy_model: Default::default(),
+        policy: Default::default(),
     });
     http::serve(cfg.listen, shared.clone()).await?;
     if let Err(e) = crate::events::prepare(&cfg.plugin_events_dir) {
@@ -280,7 +281,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
             client,
             cfg.node_name.clone(),
             node.pod_cidrs.subscribe(),
-            cfg.policy_cuts_established,
+            crate::policy::Options {
+                cut_established: cfg.policy_cuts_established,
+                log_denied: cfg.policy_log_denied,
+            },
             cfg.policy_socket.clone(),
             shared.clone(),
         ));

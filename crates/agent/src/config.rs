@@ -113,6 +113,11 @@ pub struct RunConfig {
     /// conntrack forgets them, as in most implementations.
     #[arg(long, env = "WEFT_POLICY_CUTS_ESTABLISHED")]
     pub policy_cuts_established: bool,
+    /// Log each denied new connection (source and destination pod, protocol/port, the
+    /// policies that isolate): NFLOG group 87 read by weftd, rate-limited in the kernel and
+    /// in weftd. Off by default.
+    #[arg(long, env = "WEFT_POLICY_LOG_DENIED")]
+    pub policy_log_denied: bool,
     /// Where the plugin tells weftd about a new pod at CNI ADD (NetworkPolicy), so that the
     /// pod is in the table before ADD returns.
     #[arg(

@@ -45,7 +45,7 @@ async fn policy_verdict(
     State(shared): State<Arc<Shared>>,
     axum::extract::Query(q): axum::extract::Query<VerdictQuery>,
 ) -> impl IntoResponse {
-    let Some(model) = shared.policy_model.get() else {
+    let Some(compiler) = shared.policy.get() else {
         return (
             StatusCode::NOT_FOUND,
             "NetworkPolicy is not enforced by this weftd\n".to_string(),
@@ -68,7 +68,10 @@ async fn policy_verdict(
         );
         ips
     };
-    let v = crate::policy::verdict(&model.read().unwrap(), &local, q.src, q.dst, proto, q.port);
+    let v = {
+        let c = compiler.read().unwrap();
+        crate::policy::verdict(c.model(), &local, q.src, q.dst, proto, q.port)
+    };
     (StatusCode::OK, format!("{v}\n"))
 }
 
@@ -83,6 +86,20 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    if let Some(compiler) = shared.policy.get() {
+        // One `nft -j list counters` per scrape, joined with what the counters stand for.
+        let meta = compiler.read().unwrap().counters().clone();
+        let read =
+            tokio::task::spawn_blocking(|| weft_policy::Applier::new().read_counters()).await;
+        match read {
+            Ok(Ok(values)) => shared
+                .metrics
+                .policy_packets
+                .set(crate::metrics::PolicyPackets::join(&meta, &values)),
+            Ok(Err(e)) => tracing::debug!(error = %e, "metrics: no policy counters"),
+            Err(e) => tracing::warn!(error = %e, "metrics: policy counter task"),
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

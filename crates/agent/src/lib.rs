@@ -20,6 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod policy;
+pub mod policy_log;
 pub mod reconcile;
 pub mod trace;
 pub mod underlay;

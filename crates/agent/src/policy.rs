@@ -13,7 +13,7 @@
 use crate::agent::Shared;
 use futures::{Stream, StreamExt};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
@@ -24,7 +24,8 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use weft_policy::{compile, Applier, CompileOptions, Key, Model};
+use weft_policy::k8s::SlimPod;
+use weft_policy::{Applier, CompileOptions, Compiler, Key, Model};
 
 /// Events arriving within this of each other are applied together (one transaction).
 const SETTLE: Duration = Duration::from_millis(20);
@@ -48,38 +49,150 @@ pub struct PolicyStatus {
     pub invalid: Vec<String>,
 }
 
+/// A Pod as the watch decodes it: only what policy reads ([`SlimPod`], ~1.5 KiB decoded),
+/// never the full object (~40 KiB decoded, mostly managed fields and statuses).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct WatchedPod(pub SlimPod);
+
+impl kube::Resource for WatchedPod {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.0.metadata
+    }
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.0.metadata
+    }
+}
+
 enum Change {
     Namespace(Box<Event<Namespace>>),
-    Pod(Box<Event<Pod>>),
+    Pod(Box<Event<WatchedPod>>),
     Policy(Box<Event<NetworkPolicy>>),
     Failed(String),
 }
 
 type Changes = Pin<Box<dyn Stream<Item = Change> + Send>>;
 
-fn watch_kind<K>(api: Api<K>, wrap: fn(Box<Event<K>>) -> Change, kind: &'static str) -> Changes
+fn watch_kind<K>(api: Api<K>, wrap: fn(Box<Event<K>>) -> Change) -> Changes
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    K::DynamicType: Default,
+    K: Watched,
 {
     watcher::watcher(api, watcher::Config::default().page_size(PAGE_SIZE))
         .default_backoff()
         .map(move |r| match r {
             Ok(e) => wrap(Box::new(e)),
-            Err(e) => Change::Failed(format!("watch {kind}: {}", crate::error::chain(&e))),
+            Err(e) => Change::Failed(format!("watch {}: {}", K::PLURAL, crate::error::chain(&e))),
         })
         .boxed()
 }
 
-/// The model and what a re-list must reconcile.
+/// One of the three watched kinds, as the model takes it (one generic event handler).
+trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + 'static
+{
+    const KIND: &'static str;
+    const PLURAL: &'static str;
+    /// Its slot in `State::listing` / `State::listed`.
+    const SLOT: usize;
+    /// Converts `obj` into the compiler's model (or takes it out when it cannot be read);
+    /// whether the ruleset may have changed.
+    fn put(obj: &Self, key: &Key, st: &mut State) -> Result<bool, String>;
+    fn remove(key: &Key, st: &mut State) -> bool;
+    fn keys(c: &Compiler) -> Vec<Key>;
+}
+
+fn key_of<K: kube::Resource>(obj: &K) -> Key {
+    let m = obj.meta();
+    Key::new(
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+impl Watched for Namespace {
+    const KIND: &'static str = "Namespace";
+    const PLURAL: &'static str = "namespaces";
+    const SLOT: usize = 0;
+    fn put(ns: &Self, _: &Key, st: &mut State) -> Result<bool, String> {
+        let n = weft_policy::k8s::namespace(ns).map_err(|e| e.to_string())?;
+        Ok(st.c().set_namespace(n))
+    }
+    fn remove(key: &Key, st: &mut State) -> bool {
+        st.c().remove_namespace(&key.name)
+    }
+    fn keys(c: &Compiler) -> Vec<Key> {
+        c.model()
+            .namespaces
+            .keys()
+            .map(|n| Key::new("", n.as_str()))
+            .collect()
+    }
+}
+
+impl Watched for WatchedPod {
+    const KIND: &'static str = "Pod";
+    const PLURAL: &'static str = "pods";
+    const SLOT: usize = 1;
+    fn put(p: &Self, key: &Key, st: &mut State) -> Result<bool, String> {
+        let mut pod = weft_policy::k8s::slim_pod(&p.0, &st.node).map_err(|e| e.to_string())?;
+        if pod.ips.is_empty() {
+            if let Some(ips) = st.announced.get(key) {
+                pod.ips = ips.clone();
+            }
+        }
+        Ok(st.c().set_pod(pod))
+    }
+    fn remove(key: &Key, st: &mut State) -> bool {
+        st.announced.remove(key);
+        st.c().remove_pod(key)
+    }
+    fn keys(c: &Compiler) -> Vec<Key> {
+        c.model().pods.keys().cloned().collect()
+    }
+}
+
+impl Watched for NetworkPolicy {
+    const KIND: &'static str = "NetworkPolicy";
+    const PLURAL: &'static str = "networkpolicies";
+    const SLOT: usize = 2;
+    fn put(np: &Self, _: &Key, st: &mut State) -> Result<bool, String> {
+        let p = weft_policy::k8s::policy(np).map_err(|e| e.to_string())?;
+        Ok(st.c().set_policy(p))
+    }
+    fn remove(key: &Key, st: &mut State) -> bool {
+        st.c().remove_policy(key)
+    }
+    fn keys(c: &Compiler) -> Vec<Key> {
+        c.model().policies.keys().cloned().collect()
+    }
+}
+
+/// The compiler (model and desired table) and what a re-list must reconcile.
 struct State {
     node: String,
     /// Shared with the HTTP endpoint that answers policy verdicts (`weftd trace --port`).
-    model: Arc<RwLock<Model>>,
+    compiler: Arc<RwLock<Compiler>>,
     /// Per kind, the keys a re-list in progress has seen (removed at its end if unseen).
-    listing_ns: Option<BTreeSet<String>>,
-    listing_pods: Option<BTreeSet<Key>>,
-    listing_policies: Option<BTreeSet<Key>>,
+    listing: [Option<BTreeSet<Key>>; 3],
     /// Per kind, whether a complete list has arrived once.
     listed: [bool; 3],
     invalid: std::collections::BTreeMap<String, String>,
@@ -88,147 +201,86 @@ struct State {
 }
 
 impl State {
-    fn m(&self) -> std::sync::RwLockWriteGuard<'_, Model> {
-        self.model.write().unwrap()
-    }
-
-    fn valid(&mut self, what: &str) {
-        self.invalid.remove(what);
-    }
-
-    fn invalid(&mut self, what: String, err: impl std::fmt::Display) {
-        tracing::warn!(object = %what, error = %err, "network policy: object ignored");
-        self.invalid.insert(what, err.to_string());
+    fn c(&self) -> std::sync::RwLockWriteGuard<'_, Compiler> {
+        self.compiler.write().unwrap()
     }
 
     /// Applies one change to the model; whether it may change the ruleset.
     fn change(&mut self, c: Change) -> bool {
         match c {
             Change::Failed(_) => false,
-            Change::Namespace(e) => match *e {
-                Event::Init => {
-                    self.listing_ns = Some(BTreeSet::new());
-                    false
-                }
-                Event::InitApply(ns) | Event::Apply(ns) => {
-                    let name = ns.metadata.name.clone().unwrap_or_default();
-                    if let Some(l) = self.listing_ns.as_mut() {
-                        l.insert(name.clone());
-                    }
-                    match weft_policy::k8s::namespace(&ns) {
-                        Ok(n) => {
-                            self.valid(&format!("Namespace {name}"));
-                            self.m().set_namespace(n)
-                        }
-                        Err(err) => self.invalid(format!("Namespace {name}"), err),
-                    }
-                    true
-                }
-                Event::Delete(ns) => {
-                    let name = ns.metadata.name.unwrap_or_default();
-                    self.m().remove_namespace(&name).is_some()
-                }
-                Event::InitDone => {
-                    if let Some(seen) = self.listing_ns.take() {
-                        self.m().namespaces.retain(|k, _| seen.contains(k));
-                    }
-                    self.listed[0] = true;
-                    true
-                }
-            },
-            Change::Pod(e) => match *e {
-                Event::Init => {
-                    self.listing_pods = Some(BTreeSet::new());
-                    false
-                }
-                Event::InitApply(p) | Event::Apply(p) => {
-                    let key = Key::new(
-                        p.metadata.namespace.clone().unwrap_or_default(),
-                        p.metadata.name.clone().unwrap_or_default(),
-                    );
-                    if let Some(l) = self.listing_pods.as_mut() {
-                        l.insert(key.clone());
-                    }
-                    match weft_policy::k8s::pod(&p, &self.node) {
-                        Ok(mut pod) => {
-                            if pod.ips.is_empty() {
-                                if let Some(ips) = self.announced.get(&key) {
-                                    pod.ips = ips.clone();
-                                }
-                            }
-                            self.valid(&format!("Pod {}/{}", key.namespace, key.name));
-                            let changed = self.m().pods.get(&key) != Some(&pod);
-                            self.m().set_pod(pod);
-                            changed
-                        }
-                        Err(err) => {
-                            self.invalid(format!("Pod {}/{}", key.namespace, key.name), err);
-                            self.m().remove_pod(&key).is_some()
-                        }
-                    }
-                }
-                Event::Delete(p) => {
-                    let key = Key::new(
-                        p.metadata.namespace.unwrap_or_default(),
-                        p.metadata.name.unwrap_or_default(),
-                    );
-                    self.announced.remove(&key);
-                    self.m().remove_pod(&key).is_some()
-                }
-                Event::InitDone => {
-                    if let Some(seen) = self.listing_pods.take() {
-                        self.m().pods.retain(|k, _| seen.contains(k));
-                    }
-                    self.listed[1] = true;
-                    true
-                }
-            },
-            Change::Policy(e) => match *e {
-                Event::Init => {
-                    self.listing_policies = Some(BTreeSet::new());
-                    false
-                }
-                Event::InitApply(np) | Event::Apply(np) => {
-                    let key = Key::new(
-                        np.metadata.namespace.clone().unwrap_or_default(),
-                        np.metadata.name.clone().unwrap_or_default(),
-                    );
-                    if let Some(l) = self.listing_policies.as_mut() {
-                        l.insert(key.clone());
-                    }
-                    match weft_policy::k8s::policy(&np) {
-                        Ok(p) => {
-                            self.valid(&format!("NetworkPolicy {}/{}", key.namespace, key.name));
-                            self.m().set_policy(p)
-                        }
-                        Err(err) => {
-                            // A policy weft cannot read must not open what it would isolate;
-                            // it is left out and named in the status.
-                            self.invalid(
-                                format!("NetworkPolicy {}/{}", key.namespace, key.name),
-                                err,
-                            );
-                            self.m().remove_policy(&key);
-                        }
-                    }
-                    true
-                }
-                Event::Delete(np) => {
-                    let key = Key::new(
-                        np.metadata.namespace.unwrap_or_default(),
-                        np.metadata.name.unwrap_or_default(),
-                    );
-                    self.m().remove_policy(&key).is_some()
-                }
-                Event::InitDone => {
-                    if let Some(seen) = self.listing_policies.take() {
-                        self.m().policies.retain(|k, _| seen.contains(k));
-                    }
-                    self.listed[2] = true;
-                    true
-                }
-            },
+            Change::Namespace(e) => self.event(*e),
+            Change::Pod(e) => self.event(*e),
+            Change::Policy(e) => self.event(*e),
         }
+    }
+
+    fn event<K: Watched>(&mut self, e: Event<K>) -> bool {
+        match e {
+            Event::Init => {
+                self.listing[K::SLOT] = Some(BTreeSet::new());
+                false
+            }
+            Event::InitApply(obj) | Event::Apply(obj) => {
+                let key = key_of(&obj);
+                if let Some(l) = self.listing[K::SLOT].as_mut() {
+                    l.insert(key.clone());
+                }
+                let what = match key.namespace.as_str() {
+                    "" => format!("{} {}", K::KIND, key.name),
+                    ns => format!("{} {ns}/{}", K::KIND, key.name),
+                };
+                match K::put(&obj, &key, self) {
+                    Ok(changed) => {
+                        self.invalid.remove(&what);
+                        changed
+                    }
+                    Err(err) => {
+                        // An object weft cannot read must not open what it would isolate:
+                        // it is left out and named in the status.
+                        tracing::warn!(object = %what, error = %err, "network policy: object ignored");
+                        self.invalid.insert(what, err);
+                        K::remove(&key, self)
+                    }
+                }
+            }
+            Event::Delete(obj) => K::remove(&key_of(&obj), self),
+            Event::InitDone => {
+                let mut changed = false;
+                if let Some(seen) = self.listing[K::SLOT].take() {
+                    let gone: Vec<Key> = K::keys(&self.compiler.read().unwrap())
+                        .into_iter()
+                        .filter(|k| !seen.contains(k))
+                        .collect();
+                    for k in gone {
+                        changed |= K::remove(&k, self);
+                    }
+                }
+                let synced = self.listed.iter().all(|l| *l);
+                self.listed[K::SLOT] = true;
+                // The first complete list of all three kinds programs the table.
+                changed || (!synced && self.listed.iter().all(|l| *l))
+            }
+        }
+    }
+}
+
+/// weftd's policy options (flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub cut_established: bool,
+    /// The deny log (crate::policy_log).
+    pub log_denied: bool,
+}
+
+fn options(pod_cidrs: &[IpNet], o: Options) -> CompileOptions {
+    CompileOptions {
+        sctp: true,
+        fail_closed: pod_cidrs.to_vec(),
+        cut_established: o.cut_established,
+        // For /metrics: read back at each scrape.
+        counters: true,
+        log_denied: o.log_denied.then_some(crate::policy_log::GROUP),
     }
 }
 
@@ -237,31 +289,31 @@ pub async fn run(
     client: kube::Client,
     node: String,
     mut pod_cidrs: watch::Receiver<Vec<IpNet>>,
-    cut_established: bool,
+    o: Options,
     socket: std::path::PathBuf,
     shared: Arc<Shared>,
 ) {
-    let model = Arc::new(RwLock::new(Model::new()));
-    let _ = shared.policy_model.set(model.clone());
+    let opts = options(&pod_cidrs.borrow(), o);
+    // Nothing is compiled before the first complete lists: a policy event only marks the
+    // compiler stale, so the initial list costs one compile.
+    let compiler = Arc::new(RwLock::new(Compiler::new(Model::new(), opts)));
+    let _ = shared.policy.set(compiler.clone());
+    if o.log_denied {
+        // Bound before the first table with a log statement exists: nothing is missed.
+        crate::policy_log::spawn(
+            compiler.clone(),
+            shared.metrics.policy_log_suppressed.clone(),
+        );
+    }
     let mut changes = futures::stream::select_all([
-        watch_kind(
-            Api::<Namespace>::all(client.clone()),
-            Change::Namespace,
-            "namespaces",
-        ),
-        watch_kind(Api::<Pod>::all(client.clone()), Change::Pod, "pods"),
-        watch_kind(
-            Api::<NetworkPolicy>::all(client),
-            Change::Policy,
-            "networkpolicies",
-        ),
+        watch_kind(Api::<Namespace>::all(client.clone()), Change::Namespace),
+        watch_kind(Api::<WatchedPod>::all(client.clone()), Change::Pod),
+        watch_kind(Api::<NetworkPolicy>::all(client), Change::Policy),
     ]);
     let mut state = State {
         node,
-        model: model.clone(),
-        listing_ns: None,
-        listing_pods: None,
-        listing_policies: None,
+        compiler: compiler.clone(),
+        listing: Default::default(),
         listed: [false; 3],
         invalid: Default::default(),
         announced: Default::default(),
@@ -296,7 +348,8 @@ pub async fn run(
                 if changed.is_err() {
                     return;
                 }
-                dirty = true;
+                let opts = options(&pod_cidrs.borrow(), o);
+                dirty |= state.c().set_options(opts);
             }
             Some(a) = announcements.recv() => {
                 status.announced_at_add += 1;
@@ -307,11 +360,11 @@ pub async fn run(
                 }
                 state.announced.insert(a.key.clone(), a.ips.clone());
                 let in_table = {
-                    let mut m = state.m();
-                    match m.pods.get_mut(&a.key) {
-                        Some(pod) if pod.ips.is_empty() => {
+                    let mut c = state.c();
+                    match c.model().pods.get(&a.key).cloned() {
+                        Some(mut pod) if pod.ips.is_empty() => {
                             pod.ips = a.ips;
-                            dirty = true;
+                            dirty |= c.set_pod(pod);
                             false
                         }
                         Some(_) => true,
@@ -334,23 +387,21 @@ pub async fn run(
             continue;
         }
         dirty = false;
-        let opts = CompileOptions {
-            sctp: true,
-            fail_closed: pod_cidrs.borrow().clone(),
-            cut_established,
-            ..CompileOptions::default()
-        };
-        let desired = compile(&state.model.read().unwrap(), &opts);
-        let a = applier.clone();
+        let (c, a) = (compiler.clone(), applier.clone());
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || a.lock().unwrap().apply(&desired))
-            .await
-            .expect("apply task");
+        let result = tokio::task::spawn_blocking(move || {
+            let mut c = c.write().unwrap();
+            let changes = c.take_changes();
+            a.lock().unwrap().apply_changes(c.ruleset(), &changes)
+        })
+        .await
+        .expect("apply task");
         let took = started.elapsed().as_secs_f64() * 1000.0;
         status.last_error = match &result {
             Ok(stats) => {
                 tracing::debug!(
                     commands = stats.commands,
+                    elements = stats.elements,
                     full = stats.full,
                     took_ms = took,
                     "network policy applied"
@@ -364,7 +415,8 @@ pub async fn run(
         };
         status.synced = true;
         {
-            let m = state.model.read().unwrap();
+            let c = compiler.read().unwrap();
+            let m = c.model();
             status.policies = m.policies.len();
             status.pods = m.pods.len();
             status.local_pods = m.pods.values().filter(|p| p.local).count();
@@ -380,10 +432,10 @@ pub async fn run(
         shared.update(|s| s.policy = Some(st));
         // Announced pods now in the table: their ADD may return.
         if result.is_ok() {
-            let m = state.model.read().unwrap();
+            let c = compiler.read().unwrap();
             let mut still = Vec::new();
             for (key, reply) in waiting.drain(..) {
-                if m.pods.get(&key).is_some_and(|p| !p.ips.is_empty()) {
+                if c.model().pods.get(&key).is_some_and(|p| !p.ips.is_empty()) {
                     let _ = reply.send("ok");
                 } else if !reply.is_closed() {
                     still.push((key, reply));
@@ -482,4 +534,124 @@ pub fn verdict(
         }
     };
     weft_policy::evaluate(model, &end(src), &end(dst), protocol, port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State {
+            node: "n1".into(),
+            compiler: Arc::new(RwLock::new(Compiler::new(
+                Model::new(),
+                options(&[], Options::default()),
+            ))),
+            listing: Default::default(),
+            listed: [false; 3],
+            invalid: Default::default(),
+            announced: Default::default(),
+        }
+    }
+
+    fn pod(name: &str, app: &str, ip: &str) -> WatchedPod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "namespace": "x", "name": name, "labels": { "app": app } },
+            "spec": { "nodeName": "n1", "containers": [] },
+            "status": { "podIP": ip, "podIPs": [{ "ip": ip }] }
+        }))
+        .unwrap()
+    }
+
+    fn deny_all() -> NetworkPolicy {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "namespace": "x", "name": "deny" },
+            "spec": { "podSelector": { "matchLabels": { "app": "web" } } }
+        }))
+        .unwrap()
+    }
+
+    impl State {
+        /// A re-list of namespaces that finds them as they were.
+        fn list_same_namespaces(&mut self) -> bool {
+            let ns: Vec<Namespace> = self
+                .c()
+                .model()
+                .namespaces
+                .keys()
+                .map(|n| {
+                    serde_json::from_value(serde_json::json!({ "metadata": { "name": n } }))
+                        .unwrap()
+                })
+                .collect();
+            let mut changed = self.event::<Namespace>(Event::Init);
+            for n in ns {
+                changed |= self.event(Event::InitApply(n));
+            }
+            changed | self.event::<Namespace>(Event::InitDone)
+        }
+    }
+
+    fn list<K: Watched>(st: &mut State, objs: Vec<K>) -> bool {
+        let mut changed = st.event::<K>(Event::Init);
+        for o in objs {
+            changed |= st.event(Event::InitApply(o));
+        }
+        changed | st.event::<K>(Event::InitDone)
+    }
+
+    /// One generic handler for the three kinds: lists, re-lists that drop what is gone,
+    /// unreadable objects left out and named; after the first sync a pod event reaches the
+    /// kernel as its element changes only.
+    #[test]
+    fn events_of_every_kind_feed_the_incremental_compiler() {
+        let mut st = state();
+        assert!(!list::<Namespace>(&mut st, vec![]));
+        // Pods change the model (the table waits for all three lists).
+        assert!(list(
+            &mut st,
+            vec![pod("a", "web", "10.244.1.2"), pod("b", "db", "10.244.1.3")]
+        ));
+        // The third complete list programs the table, even with nothing changed by it.
+        assert!(list(&mut st, vec![deny_all()]));
+        assert!(st.c().take_changes().full);
+        let c = st.c().ruleset().clone();
+        assert_eq!(c.sets["in4"].elements.len(), 1, "a (web) is isolated");
+
+        // A relabel out of the policy's selector: elements only.
+        assert!(st.event(Event::Apply(pod("a", "cache", "10.244.1.2"))));
+        let ch = st.c().take_changes();
+        assert!(!ch.full && !ch.is_empty(), "{ch:?}");
+        // The same object again costs nothing.
+        assert!(!st.event(Event::Apply(pod("a", "cache", "10.244.1.2"))));
+        assert!(st.c().take_changes().is_empty());
+
+        // A re-list without b: b is removed at its end.
+        assert!(list(&mut st, vec![pod("a", "cache", "10.244.1.2")]));
+        assert_eq!(
+            st.c().model().pods.keys().cloned().collect::<Vec<_>>(),
+            [Key::new("x", "a")]
+        );
+        assert!(!st.c().take_changes().full);
+
+        // An unreadable policy is left out (no half enforcement) and named.
+        let mut bad = deny_all();
+        bad.spec.as_mut().unwrap().policy_types = Some(vec!["Sideways".into()]);
+        assert!(st.event(Event::Apply(bad)));
+        assert!(st.c().model().policies.is_empty());
+        assert!(
+            st.invalid["NetworkPolicy x/deny"].contains("spec.policyTypes[0]"),
+            "{:?}",
+            st.invalid
+        );
+        assert!(st.event(Event::Apply(deny_all())));
+        assert!(st.invalid.is_empty());
+        // The same policy again (a re-list, a resync): no recompile, nothing to apply.
+        st.c().take_changes();
+        assert!(!st.event(Event::Apply(deny_all())));
+        assert!(!st.list_same_namespaces());
+        assert!(st.c().take_changes().is_empty());
+        assert!(st.event(Event::Delete(deny_all())));
+        assert!(st.c().take_changes().full, "a policy event recompiles");
+    }
 }

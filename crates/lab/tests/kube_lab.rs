@@ -893,6 +893,19 @@ fn network_policy_is_enforced_on_kubectl_pods_same_node_and_across_nodes() {
         why.starts_with("allowed") && why.contains("default/db-from-clients, ingress rule 0"),
         "{why}"
     );
+    // /metrics reads the kernel's counters: what the policy admitted (far) and what db's
+    // isolation denied (near, and both before far was a client), on db's node.
+    let sample = |body: &str, series: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (code, metrics) = agent_get(&c, "n1", "/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let denied = r#"weft_policy_denied_packets_total{namespace="default",direction="ingress"}"#;
+    let allowed = r#"weft_policy_allowed_packets_total{namespace="default",policy="db-from-clients",direction="ingress"}"#;
+    assert!(sample(&metrics, denied) > 0, "{metrics}");
+    assert!(sample(&metrics, allowed) > 0, "{metrics}");
     let (code, body) = agent_get(&c, "n1", "/status");
     assert_eq!(code, 200);
     let status: Value = serde_json::from_str(&body).unwrap();
@@ -905,7 +918,62 @@ fn network_policy_is_enforced_on_kubectl_pods_same_node_and_across_nodes() {
         "{status}"
     );
 
+    // The deny log, turned on as an operator would (weftd restarted by its DaemonSet with
+    // the option): a denied connection is one line in weftd's log naming both pods and the
+    // policy (NFLOG read by weftd with NET_ADMIN only, in the node's netns).
     let cp = c.control_plane().unwrap();
+    cp.kubectl(&[
+        "-n",
+        "weft",
+        "set",
+        "env",
+        "ds/weft",
+        "-c",
+        "weftd",
+        "WEFT_POLICY_LOG_DENIED=true",
+    ])
+    .unwrap();
+    cp.kubectl(&[
+        "-n",
+        "weft",
+        "rollout",
+        "status",
+        "ds/weft",
+        "--timeout=120s",
+    ])
+    .unwrap_or_else(|e| panic!("weftd restart with the deny log: {e}"));
+    wait_until(
+        "a denied connection logged",
+        Duration::from_secs(30),
+        || {
+            assert!(
+                !reach(&near),
+                "near must stay denied across weftd's restart"
+            );
+            let logs = cp
+                .kubectl(&[
+                    "-n",
+                    "weft",
+                    "logs",
+                    "-l",
+                    "app.kubernetes.io/name=weft",
+                    "-c",
+                    "weftd",
+                    "--tail=-1",
+                ])
+                .unwrap_or_default();
+            logs.lines()
+                .find(|l| {
+                    l.contains("denied a new connection")
+                        && l.contains("default/near")
+                        && l.contains("default/db")
+                        && l.contains("default/db-from-clients")
+                })
+                .map(|l| eprintln!("deny log: {l}"))
+                .ok_or_else(|| "no deny log line yet".to_string())
+        },
+    );
+
     cp.kubectl(&["delete", "networkpolicy", "db-from-clients"])
         .unwrap();
     wait_until("db open again", Duration::from_secs(10), || {

@@ -77,7 +77,16 @@ pub struct CompileOptions {
     /// Off: `ct state established,related accept` first, established connections live on
     /// until conntrack forgets them (what most implementations do).
     pub cut_established: bool,
+    /// Log denied new connections to this NFLOG group (`log group N`, read by weftd over
+    /// netlink; kernel logging from a non-init netns is off by default), at most
+    /// [`LOG_RATE`] per second and namespace chain (burst [`LOG_BURST`]). `None`: no log
+    /// statement at all.
+    pub log_denied: Option<u16>,
 }
+
+/// The deny log's kernel rate limit, per namespace chain: packets per second, and burst.
+pub const LOG_RATE: u32 = 10;
+pub const LOG_BURST: u32 = 20;
 
 impl Default for CompileOptions {
     fn default() -> Self {
@@ -86,6 +95,7 @@ impl Default for CompileOptions {
             fail_closed: Vec::new(),
             counters: false,
             cut_established: false,
+            log_denied: None,
         }
     }
 }
@@ -181,10 +191,19 @@ pub enum Match {
     DPort(u16, u16),
     /// `ip daddr . th dport @set` (named ports)
     AddrPortInSet { family: Family, set: String },
+    /// `ct state new`
+    New,
+    /// `limit rate <per second>/second burst <burst> packets`: matches within the rate.
+    Limit { per_second: u32, burst: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
+    /// `log group <group> prefix <prefix>`: not a verdict, the packet goes on to the next rule.
+    Log {
+        group: u16,
+        prefix: String,
+    },
     Accept,
     Drop,
     Return,
@@ -200,9 +219,21 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Rule {
     pub matches: Vec<Match>,
-    /// `counter` before the verdict ([`CompileOptions::counters`]).
-    pub counter: bool,
+    /// The named counter (`counter name ...`) the rule updates before its verdict
+    /// ([`CompileOptions::counters`]).
+    pub counter: Option<String>,
     pub action: Action,
+}
+
+/// What a named counter of the table counts ([`CompileOptions::counters`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CounterMeta {
+    pub direction: Direction,
+    pub namespace: String,
+    /// `Some`: packets this policy's rules admitted (new connections of the node's pods it
+    /// isolates, counted on the first policy of the namespace, by name, that admits them).
+    /// `None`: packets denied to (ingress) or from (egress) the namespace's isolated pods.
+    pub policy: Option<String>,
 }
 
 /// The desired content of table `inet weft-policy`.
@@ -210,6 +241,8 @@ pub struct Rule {
 pub struct Ruleset {
     pub chains: BTreeMap<String, Chain>,
     pub sets: BTreeMap<String, Set>,
+    /// Named counters, by name (the name of the chain whose rules update it).
+    pub counters: BTreeMap<String, CounterMeta>,
 }
 
 impl Ruleset {
@@ -461,7 +494,7 @@ impl Builder<'_> {
         for family in Family::BOTH {
             let set = self.pod_set(&targets, family);
             rules.push(Rule {
-                counter: false,
+                counter: None,
                 matches: vec![Match::InSet {
                     family,
                     field: own,
@@ -479,7 +512,7 @@ impl Builder<'_> {
                 for pm in &peers {
                     for qm in &ports {
                         let r = Rule {
-                            counter: false,
+                            counter: None,
                             matches: pm.iter().chain(qm).cloned().collect(),
                             action: Action::Accept,
                         };
@@ -502,7 +535,7 @@ fn base_chain(hook: Hook, dir: Direction, opts: &CompileOptions) -> Chain {
         Direction::Egress => AddrField::Src,
     };
     let accept = |m: Match| Rule {
-        counter: false,
+        counter: None,
         matches: vec![m],
         action: Action::Accept,
     };
@@ -516,7 +549,7 @@ fn base_chain(hook: Hook, dir: Direction, opts: &CompileOptions) -> Chain {
     rules.extend([
         // Under default deny a pod must still resolve its neighbours (v6 has no ARP).
         Rule {
-            counter: false,
+            counter: None,
             matches: vec![Match::NeighbourDiscovery],
             action: Action::Accept,
         },
@@ -527,7 +560,7 @@ fn base_chain(hook: Hook, dir: Direction, opts: &CompileOptions) -> Chain {
     };
     for family in Family::BOTH {
         rules.push(Rule {
-            counter: false,
+            counter: None,
             matches: Vec::new(),
             action: Action::Dispatch {
                 family,
@@ -542,7 +575,7 @@ fn base_chain(hook: Hook, dir: Direction, opts: &CompileOptions) -> Chain {
         for net in fail_closed {
             let family = Family::of(&net.addr());
             rules.push(Rule {
-                counter: false,
+                counter: None,
                 matches: vec![
                     Match::InPrefix { field, net: *net },
                     Match::InSet {
@@ -622,15 +655,32 @@ pub(crate) fn compile_indexed(
     for dir in [Direction::Ingress, Direction::Egress] {
         let mut ns_chains: BTreeMap<&str, Chain> = BTreeMap::new();
         for policy in model.policies.values().filter(|p| p.isolates(dir)) {
-            let chain = b.policy_chain(policy, dir);
+            let mut chain = b.policy_chain(policy, dir);
             let name = policy_chain(dir, &policy.namespace, &policy.name);
+            if opts.counters {
+                for r in chain
+                    .rules
+                    .iter_mut()
+                    .filter(|r| r.action == Action::Accept)
+                {
+                    r.counter = Some(name.clone());
+                }
+                b.out.counters.insert(
+                    name.clone(),
+                    CounterMeta {
+                        direction: dir,
+                        namespace: policy.namespace.clone(),
+                        policy: Some(policy.name.clone()),
+                    },
+                );
+            }
             b.out.chains.insert(name.clone(), chain);
             ns_chains
                 .entry(policy.namespace.as_str())
                 .or_default()
                 .rules
                 .push(Rule {
-                    counter: false,
+                    counter: None,
                     matches: Vec::new(),
                     action: Action::Jump(name),
                 });
@@ -650,28 +700,44 @@ pub(crate) fn compile_indexed(
             }
         }
         for (ns, mut chain) in ns_chains {
+            let name = namespace_chain(dir, ns);
+            if let Some(group) = opts.log_denied {
+                // Denied: tell weftd once per new connection (rate-limited in the kernel).
+                chain.rules.push(Rule {
+                    counter: None,
+                    matches: vec![
+                        Match::New,
+                        Match::Limit {
+                            per_second: LOG_RATE,
+                            burst: LOG_BURST,
+                        },
+                    ],
+                    action: Action::Log {
+                        group,
+                        prefix: name.chars().take(120).collect(),
+                    },
+                });
+            }
             // No policy of the namespace admitted it: the pod is isolated, drop.
             chain.rules.push(Rule {
-                counter: false,
+                counter: opts.counters.then(|| name.clone()),
                 matches: Vec::new(),
                 action: Action::Drop,
             });
-            b.out.chains.insert(namespace_chain(dir, ns), chain);
+            if opts.counters {
+                b.out.counters.insert(
+                    name.clone(),
+                    CounterMeta {
+                        direction: dir,
+                        namespace: ns.to_string(),
+                        policy: None,
+                    },
+                );
+            }
+            b.out.chains.insert(name, chain);
         }
     }
 
-    if opts.counters {
-        for (name, chain) in b.out.chains.iter_mut() {
-            let (policy, namespace) = (
-                name.starts_with("pi_") || name.starts_with("pe_"),
-                name.starts_with("ni_") || name.starts_with("ne_"),
-            );
-            for r in chain.rules.iter_mut() {
-                r.counter = (policy && r.action == Action::Accept)
-                    || (namespace && r.action == Action::Drop);
-            }
-        }
-    }
     for ((dir, ip), chain) in dispatch {
         if let Some(set) = b.out.sets.get_mut(&dispatch_map(dir, Family::of(&ip))) {
             set.elements.insert(Element::Jump(ip, chain));

@@ -52,9 +52,186 @@ pub fn namespace(ns: &core::Namespace) -> Result<Namespace, ConversionError> {
     ))
 }
 
+/// What policy reads of a Pod, and nothing else: weftd's pod watch decodes Pods straight into
+/// this (`Deserialize` skips every other field of the JSON without building it: managed fields,
+/// container statuses, env, volumes are most of a Pod's few KiB), so 10k pods cost little.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SlimPod {
+    /// name, namespace, labels and resourceVersion only (the watch needs the last).
+    pub metadata: ObjectMeta,
+    pub node_name: Option<String>,
+    pub host_network: bool,
+    pub phase: Option<String>,
+    /// `status.podIPs`, else `status.podIP`, as written.
+    pub ips: Vec<String>,
+    /// The named ports of `spec.containers[].ports[]` (unnamed ones mean nothing to policy).
+    pub ports: Vec<SlimPort>,
+}
+
+/// A named container port, with where it was (for errors).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlimPort {
+    pub container: usize,
+    pub index: usize,
+    pub name: String,
+    pub protocol: Option<String>,
+    pub container_port: i32,
+}
+
+fn slim_meta(m: &ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        labels: m.labels.clone(),
+        resource_version: m.resource_version.clone(),
+        ..Default::default()
+    }
+}
+
+fn listed_ips(pod_ips: Option<Vec<String>>, pod_ip: Option<String>) -> Vec<String> {
+    match pod_ips {
+        Some(list) if !list.is_empty() => list,
+        _ => pod_ip.into_iter().collect(),
+    }
+}
+
+impl From<&core::Pod> for SlimPod {
+    fn from(p: &core::Pod) -> SlimPod {
+        let spec = p.spec.as_ref();
+        let status = p.status.as_ref();
+        let mut ports = Vec::new();
+        for (ci, c) in spec
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            for (pi, port) in c.ports.iter().flatten().enumerate() {
+                if let Some(name) = &port.name {
+                    ports.push(SlimPort {
+                        container: ci,
+                        index: pi,
+                        name: name.clone(),
+                        protocol: port.protocol.clone(),
+                        container_port: port.container_port,
+                    });
+                }
+            }
+        }
+        SlimPod {
+            metadata: slim_meta(&p.metadata),
+            node_name: spec.and_then(|s| s.node_name.clone()),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            phase: status.and_then(|s| s.phase.clone()),
+            ips: listed_ips(
+                status
+                    .and_then(|s| s.pod_ips.as_ref())
+                    .map(|l| l.iter().map(|i| i.ip.clone()).collect()),
+                status.and_then(|s| s.pod_ip.clone()),
+            ),
+            ports,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SlimPod {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SlimPod, D::Error> {
+        use serde::Deserialize;
+        use std::collections::BTreeMap;
+        // Unknown fields are skipped by serde without being built.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Meta {
+            name: Option<String>,
+            namespace: Option<String>,
+            labels: Option<BTreeMap<String, String>>,
+            resource_version: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Port {
+            name: Option<String>,
+            protocol: Option<String>,
+            container_port: i32,
+        }
+        #[derive(Deserialize)]
+        struct Container {
+            ports: Option<Vec<Port>>,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(rename_all = "camelCase")]
+        struct Spec {
+            node_name: Option<String>,
+            host_network: Option<bool>,
+            #[serde(default)]
+            containers: Vec<Container>,
+        }
+        #[derive(Deserialize)]
+        struct PodIp {
+            ip: String,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(rename_all = "camelCase")]
+        struct Status {
+            phase: Option<String>,
+            #[serde(rename = "podIP")]
+            pod_ip: Option<String>,
+            #[serde(rename = "podIPs")]
+            pod_ips: Option<Vec<PodIp>>,
+        }
+        #[derive(Deserialize)]
+        struct Wire {
+            metadata: Meta,
+            spec: Option<Spec>,
+            status: Option<Status>,
+        }
+        let w = Wire::deserialize(d)?;
+        let spec = w.spec.unwrap_or_default();
+        let status = w.status.unwrap_or_default();
+        let mut ports = Vec::new();
+        for (ci, c) in spec.containers.into_iter().enumerate() {
+            for (pi, port) in c.ports.into_iter().flatten().enumerate() {
+                if let Some(name) = port.name {
+                    ports.push(SlimPort {
+                        container: ci,
+                        index: pi,
+                        name,
+                        protocol: port.protocol,
+                        container_port: port.container_port,
+                    });
+                }
+            }
+        }
+        Ok(SlimPod {
+            metadata: ObjectMeta {
+                name: w.metadata.name,
+                namespace: w.metadata.namespace,
+                labels: w.metadata.labels,
+                resource_version: w.metadata.resource_version,
+                ..Default::default()
+            },
+            node_name: spec.node_name,
+            host_network: spec.host_network.unwrap_or(false),
+            phase: status.phase,
+            ips: listed_ips(
+                status
+                    .pod_ips
+                    .map(|l| l.into_iter().map(|i| i.ip).collect()),
+                status.pod_ip,
+            ),
+            ports,
+        })
+    }
+}
+
 /// A Pod as seen from node `node_name`. A pod that has finished (Succeeded/Failed) keeps no
 /// IPs: its address may already belong to a new pod.
 pub fn pod(p: &core::Pod, node_name: &str) -> Result<Pod, ConversionError> {
+    slim_pod(&SlimPod::from(p), node_name)
+}
+
+/// [`pod`] of a Pod as weftd's watch decodes it.
+pub fn slim_pod(p: &SlimPod, node_name: &str) -> Result<Pod, ConversionError> {
     let (namespace, name) = object_name(&p.metadata);
     let err = |field: String, reason: String| ConversionError {
         kind: "Pod",
@@ -62,19 +239,10 @@ pub fn pod(p: &core::Pod, node_name: &str) -> Result<Pod, ConversionError> {
         field,
         reason,
     };
-    let spec = p.spec.as_ref();
-    let status = p.status.as_ref();
-    let finished = matches!(
-        status.and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    );
+    let finished = matches!(p.phase.as_deref(), Some("Succeeded" | "Failed"));
     let mut ips: Vec<IpAddr> = Vec::new();
     if !finished {
-        let listed: Vec<String> = match status.and_then(|s| s.pod_ips.as_ref()) {
-            Some(list) if !list.is_empty() => list.iter().map(|i| i.ip.clone()).collect(),
-            _ => status.and_then(|s| s.pod_ip.clone()).into_iter().collect(),
-        };
-        for (i, text) in listed.iter().enumerate() {
+        for (i, text) in p.ips.iter().enumerate() {
             let ip = text.parse().map_err(|_| {
                 err(
                     format!("status.podIPs[{i}]"),
@@ -87,46 +255,38 @@ pub fn pod(p: &core::Pod, node_name: &str) -> Result<Pod, ConversionError> {
         }
     }
     let mut named_ports = Vec::new();
-    for (ci, c) in spec
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        for (pi, port) in c.ports.iter().flatten().enumerate() {
-            let Some(pname) = &port.name else { continue };
-            let field = format!("spec.containers[{ci}].ports[{pi}]");
-            let protocol = match port.protocol.as_deref() {
-                None => Protocol::Tcp,
-                Some(s) => Protocol::parse(s).ok_or_else(|| {
-                    err(
-                        field.clone() + ".protocol",
-                        format!("unknown protocol {s:?}"),
-                    )
-                })?,
-            };
-            let number = u16::try_from(port.container_port)
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    err(
-                        field.clone() + ".containerPort",
-                        format!("{} is not a port", port.container_port),
-                    )
-                })?;
-            named_ports.push(NamedPort {
-                name: pname.clone(),
-                protocol,
-                port: number,
-            });
-        }
+    for port in &p.ports {
+        let field = format!("spec.containers[{}].ports[{}]", port.container, port.index);
+        let protocol = match port.protocol.as_deref() {
+            None => Protocol::Tcp,
+            Some(s) => Protocol::parse(s).ok_or_else(|| {
+                err(
+                    field.clone() + ".protocol",
+                    format!("unknown protocol {s:?}"),
+                )
+            })?,
+        };
+        let number = u16::try_from(port.container_port)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                err(
+                    field.clone() + ".containerPort",
+                    format!("{} is not a port", port.container_port),
+                )
+            })?;
+        named_ports.push(NamedPort {
+            name: port.name.clone(),
+            protocol,
+            port: number,
+        });
     }
     Ok(Pod {
         labels: p.metadata.labels.clone().unwrap_or_default(),
         ips,
         named_ports,
-        local: spec.and_then(|s| s.node_name.as_deref()) == Some(node_name),
-        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        local: p.node_name.as_deref() == Some(node_name),
+        host_network: p.host_network,
         namespace,
         name,
     })
@@ -464,6 +624,46 @@ mod tests {
         assert!(np(json!({})).unwrap().pod_selector.is_all());
     }
 
+    /// A full Pod as the API server sends it (managed fields, statuses, env, volumes): the
+    /// watch's slim decoding keeps exactly what policy reads, and converts like the full one.
+    #[test]
+    fn slim_pod_decodes_a_full_pod() {
+        let text = include_str!("../tests/data/pod-full.json");
+        let full: core::Pod = serde_json::from_str(text).unwrap();
+        let slim: SlimPod = serde_json::from_str(text).unwrap();
+        assert_eq!(slim, SlimPod::from(&full));
+        assert_eq!(slim.metadata.name.as_deref(), Some("web-6d4cf56db6-x7k2p"));
+        assert_eq!(slim.metadata.resource_version.as_deref(), Some("48213"));
+        assert!(slim.metadata.annotations.is_none() && slim.metadata.managed_fields.is_none());
+        assert_eq!(slim.ips, ["10.244.1.7", "fd00:10:244:1::7"]);
+        let names: Vec<(&str, usize, usize)> = slim
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.container, p.index))
+            .collect();
+        assert_eq!(names, [("http", 0, 0), ("echo", 0, 1), ("metrics", 1, 0)]);
+        let m = slim_pod(&slim, "n2").unwrap();
+        assert_eq!(m, pod(&full, "n2").unwrap());
+        assert!(m.local && !m.host_network);
+        assert_eq!(m.labels["tier"], "frontend");
+        assert_eq!(m.named_port("echo", Protocol::Udp), Some(8081));
+        assert_eq!(m.named_port("metrics", Protocol::Tcp), Some(9090));
+        // Errors still name the container and port.
+        let mut bad = slim.clone();
+        bad.ports[2].protocol = Some("QUIC".into());
+        assert_eq!(
+            slim_pod(&bad, "n2").unwrap_err().to_string(),
+            "Pod shop/web-6d4cf56db6-x7k2p: spec.containers[1].ports[0].protocol: unknown protocol \"QUIC\""
+        );
+        // podIP alone (older servers), no spec at all.
+        let only: SlimPod = serde_json::from_str(
+            r#"{"metadata":{"name":"p","namespace":"x"},"status":{"podIP":"10.1.0.4"}}"#,
+        )
+        .unwrap();
+        assert_eq!(only.ips, ["10.1.0.4"]);
+        assert!(only.ports.is_empty() && only.node_name.is_none());
+    }
+
     #[test]
     fn pods_and_namespaces() {
         let p: core::Pod = serde_json::from_value(json!({
@@ -493,6 +693,11 @@ mod tests {
             pod(&bad, "n1").unwrap_err().to_string(),
             "Pod x/a: status.podIPs[0]: invalid IP \"10.244.1.500\""
         );
+
+        // The watch's decoding keeps the same: named ports with where they were.
+        let slim: SlimPod = serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
+        assert_eq!(slim, SlimPod::from(&p));
+        assert_eq!(slim_pod(&slim, "n1").unwrap(), m);
 
         let ns: core::Namespace = serde_json::from_value(
             json!({ "metadata": { "name": "y", "labels": { "team": "b" } } }),

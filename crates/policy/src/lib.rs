@@ -15,12 +15,15 @@
 //! ## How weftd uses it
 //!
 //! ```text
-//! let mut compiler = Compiler::new(Model::new(), opts);  // or compile(&model, &opts) per batch
+//! let mut compiler = Compiler::new(Model::new(), opts);
 //! let mut applier = Applier::new();
-//! on every batch of events (from the watches, via k8s::{pod, namespace, policy}):
-//!     compiler.set_pod(k8s::pod(&pod, node_name)?);  ...
-//!     applier.apply(compiler.ruleset())?;
-//!     // first call: table replaced atomically; then diffs against the last programmed state
+//! on every event (from the watches, via k8s::{slim_pod, namespace, policy}):
+//!     compiler.set_pod(k8s::slim_pod(&pod, node_name)?);  ...  // each: changed or not
+//! after each burst:
+//!     let changes = compiler.take_changes();        // journalled elements, or full
+//!     applier.apply_changes(compiler.ruleset(), &changes)?;
+//!     // first call: table replaced atomically; then the journal alone (or a full diff
+//!     // after a policy event)
 //! ```
 //!
 //! ## Kernel design
@@ -56,10 +59,10 @@ pub mod model;
 pub mod nft;
 pub mod synthetic;
 
-pub use apply::{Applier, ApplyError, ApplyStats};
-pub use compile::{compile, CompileOptions, Family, Ruleset, TABLE};
+pub use apply::{Applier, ApplyError, ApplyStats, CounterValue};
+pub use compile::{compile, CompileOptions, CounterMeta, Family, Ruleset, TABLE};
 pub use eval::{evaluate, Decision, Endpoint, Verdict};
-pub use incremental::Compiler;
+pub use incremental::{Changes, Compiler, Delta};
 pub use model::{
     Direction, IpBlock, Key, Labels, Model, NamedPort, Namespace, Namespaces, Operator, Peer, Pod,
     PodSet, Policy, PortRef, PortSpec, Protocol, Requirement, Rule, Selector,

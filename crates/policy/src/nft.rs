@@ -17,7 +17,8 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::{json, Value};
 
 use crate::compile::{
-    Action, AddrField, Element, Family, Hook, Match, Rule, Ruleset, Set, SetKind, TABLE,
+    Action, AddrField, CounterMeta, Element, Family, Hook, Match, Rule, Ruleset, Set, SetKind,
+    TABLE,
 };
 
 /// One nftables command of a batch, in weft's terms (rendered by [`Batch::to_json`]).
@@ -34,6 +35,9 @@ pub enum Command {
     AddRule(String, Rule),
     DeleteChain(String),
     DeleteSet(String, SetKind),
+    /// A named counter (object), before the rules that update it.
+    AddCounter(String, CounterMeta),
+    DeleteCounter(String),
 }
 
 impl Command {
@@ -53,7 +57,9 @@ impl Command {
             | Command::FlushChain(n)
             | Command::AddRule(n, _)
             | Command::DeleteChain(n)
-            | Command::DeleteSet(n, _) => Some(n),
+            | Command::DeleteSet(n, _)
+            | Command::AddCounter(n, _)
+            | Command::DeleteCounter(n) => Some(n),
         }
     }
 }
@@ -110,6 +116,12 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Batch {
     for (name, chain) in &new.chains {
         if !old.chains.contains_key(name) {
             cmds.push(Command::AddChain(name.clone(), chain.hook));
+        }
+    }
+    // Named counters, before the rules that update them (a changed chain keeps its counter).
+    for (name, meta) in &new.counters {
+        if !old.counters.contains_key(name) {
+            cmds.push(Command::AddCounter(name.clone(), meta.clone()));
         }
     }
     // 2. New sets with their elements. A set whose kind changed is replaced (names encode
@@ -202,6 +214,12 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Batch {
     }
     for name in replaced {
         cmds.push(Command::AddSet(name.clone(), new.sets[name].clone()));
+    }
+    // 7. Counters that go, after the rules that updated them.
+    for name in old.counters.keys() {
+        if !new.counters.contains_key(name) {
+            cmds.push(Command::DeleteCounter(name.clone()));
+        }
     }
     Batch { commands: cmds }
 }
@@ -449,6 +467,15 @@ pub fn rule_statements(rule: &Rule) -> Vec<Statement<'static>> {
                 })),
                 false,
             ),
+            Match::New => ct_state(&["new"]),
+            Match::Limit { per_second, burst } => Statement::Limit(nftables::stmt::Limit {
+                rate: *per_second,
+                rate_unit: Some("packets".into()),
+                per: Some("second".into()),
+                burst: Some(*burst),
+                burst_unit: None,
+                inv: None,
+            }),
             Match::AddrPortInSet { family, set } => eq(
                 Expression::Named(NamedExpression::Concat(vec![
                     addr_payload(*family, AddrField::Dst),
@@ -459,10 +486,17 @@ pub fn rule_statements(rule: &Rule) -> Vec<Statement<'static>> {
             ),
         })
         .collect();
-    if rule.counter {
-        out.push(Statement::Counter(nftables::stmt::Counter::Anonymous(None)));
+    if let Some(name) = &rule.counter {
+        out.push(Statement::Counter(nftables::stmt::Counter::Named(
+            Cow::Owned(name.clone()),
+        )));
     }
     out.push(match &rule.action {
+        Action::Log { group, prefix } => Statement::Log(Some(nftables::stmt::Log {
+            prefix: Some(Cow::Owned(prefix.clone())),
+            group: Some(u32::from(*group)),
+            ..nftables::stmt::Log::new(None)
+        })),
         Action::Accept => Statement::Accept(None),
         Action::Drop => Statement::Drop(None),
         Action::Return => Statement::Return(None),
@@ -527,6 +561,14 @@ fn render(c: &Command, out: &mut Vec<Value>) {
         Command::DeleteSet(name, kind) => {
             let obj = set_obj(name, *kind, None, None);
             out.push(json!({ "delete": obj }));
+        }
+        Command::AddCounter(name, _) | Command::DeleteCounter(name) => {
+            let verb = match c {
+                Command::AddCounter(..) => "add",
+                _ => "delete",
+            };
+            let counter = json!({ "family": "inet", "table": TABLE, "name": name });
+            out.push(json!({ verb: { "counter": counter } }));
         }
     }
 }
@@ -630,6 +672,29 @@ mod tests {
             .unwrap();
         assert_eq!(map["map"], "verdict");
         assert_eq!(map["type"], "ipv6_addr");
+    }
+
+    /// The deny log: off, no log statement at all; on, one rate-limited NFLOG rule for new
+    /// connections before each namespace chain's drop.
+    #[test]
+    fn deny_log_rule_only_with_the_option() {
+        let json = build(&compile(&sctp_model(), &CompileOptions::default())).to_json();
+        assert!(!json.to_string().contains("\"log\""), "{json}");
+        let opts = CompileOptions {
+            log_denied: Some(87),
+            ..Default::default()
+        };
+        let json = build(&compile(&sctp_model(), &opts)).to_json();
+        let rules = rules_of(&json, "ni_x");
+        assert_eq!(rules.len(), 3, "{rules:#?}");
+        assert_eq!(
+            rules[1],
+            r#"[{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["new"]}},{"limit":{"burst":20,"per":"second","rate":10,"rate_unit":"packets"}},{"log":{"group":87,"prefix":"ni_x"}}]"#
+        );
+        assert_eq!(rules[2], r#"[{"drop":null}]"#);
+        assert!(rules_of(&json, "pi_x_sctp")
+            .iter()
+            .all(|r| !r.contains("log")));
     }
 
     #[test]

@@ -547,39 +547,51 @@ fn counters_for_metrics() {
         ""
     );
 
-    let out = weft_lab::ns::enter_command(lab.node_ns(1).handle(), "nft")
-        .args(["-j", "list", "table", "inet", "weft-policy"])
-        .output()
-        .unwrap();
-    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let packets = |chain: &str, verdict: &str| -> u64 {
-        listing["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|o| o.get("rule"))
-            .filter(|r| r["chain"] == chain)
-            .filter(|r| {
-                r["expr"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|e| e.get(verdict).is_some())
-            })
-            .filter_map(|r| {
-                r["expr"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find_map(|e| e.get("counter")?.get("packets")?.as_u64())
-            })
-            .sum()
+    // One `nft -j list counters` read, as weftd's /metrics does.
+    let read = |lab: &Lab| {
+        weft_netops::run_in(lab.node_ns(1).handle(), || {
+            weft_policy::Applier::new().read_counters()
+        })
+        .unwrap()
+        .unwrap()
     };
+    let c = read(&lab);
+    let desired = weft_policy::compile(&model, &opts);
+    assert_eq!(
+        c.keys().collect::<Vec<_>>(),
+        desired.counters.keys().collect::<Vec<_>>(),
+        "one named counter per policy chain and per namespace chain"
+    );
+    assert_eq!(desired.counters["ni_x"].policy, None);
+    assert_eq!(
+        desired.counters["pi_x_from-y"].policy.as_deref(),
+        Some("from-y")
+    );
     // x/a, x/b, x/c are on node 1: denied SYNs from x and z (and their retries) were dropped
     // there; y's were admitted by from-y's rule.
-    assert!(packets("ni_x", "drop") >= 12, "{listing}");
-    assert!(packets("pi_x_from-y", "accept") >= 3, "{listing}");
-    assert_eq!(packets("pi_x_deny", "accept"), 0);
+    assert!(c["ni_x"].packets >= 12, "{c:?}");
+    assert!(c["pi_x_from-y"].packets >= 3, "{c:?}");
+    assert_eq!(c["pi_x_deny"].packets, 0, "{c:?}");
+
+    // A policy rewritten (its chain flushed and refilled) keeps its counter: it never goes
+    // backwards while the policy exists.
+    model.set_policy(common::np(
+        "x",
+        "from-y",
+        serde_json::json!({ "podSelector": {},
+        "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "ns": "y" } } }],
+                      "ports": [{ "port": 80 }] }] }),
+    ));
+    lab.apply(&model, &opts);
+    let after = read(&lab);
+    assert!(
+        after["pi_x_from-y"].packets >= c["pi_x_from-y"].packets,
+        "{c:?} -> {after:?}"
+    );
+    // And a deleted policy's counter goes with it.
+    model.remove_policy(&weft_policy::Key::new("x", "from-y"));
+    lab.apply(&model, &opts);
+    assert!(!read(&lab).contains_key("pi_x_from-y"));
 }
 
 /// A policy that starts denying: established connections live on by default, and are cut

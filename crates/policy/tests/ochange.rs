@@ -91,6 +91,11 @@ fn simulate(state: &Ruleset, batch: &Batch) -> Result<Ruleset, String> {
                         }
                     }
                 }
+                if let Some(c) = &r.counter {
+                    if !s.counters.contains_key(c) {
+                        return Err(format!("rule in {n} updates missing counter {c}"));
+                    }
+                }
                 if let Action::Jump(t) = &r.action {
                     if !s.chains.contains_key(t) {
                         return Err(format!("rule in {n} jumps to missing chain {t}"));
@@ -109,6 +114,21 @@ fn simulate(state: &Ruleset, batch: &Batch) -> Result<Ruleset, String> {
                 }
                 s.chains.remove(n);
             }
+            Command::AddCounter(n, meta) => {
+                if s.counters.insert(n.clone(), meta.clone()).is_some() {
+                    return Err(format!("counter {n} exists"));
+                }
+            }
+            Command::DeleteCounter(n) => {
+                let used = s
+                    .chains
+                    .values()
+                    .any(|c| c.rules.iter().any(|r| r.counter.as_ref() == Some(n)));
+                if used {
+                    return Err(format!("counter {n} busy"));
+                }
+                s.counters.remove(n).ok_or(format!("no counter {n}"))?;
+            }
             Command::DeleteSet(n, _) => {
                 if set_refs(&s, n) {
                     return Err(format!("set {n} busy"));
@@ -120,8 +140,13 @@ fn simulate(state: &Ruleset, batch: &Batch) -> Result<Ruleset, String> {
     Ok(s)
 }
 
+/// With the named counters of /metrics: they must be created before and deleted after the
+/// rules that update them, and survive a policy's rewrite.
 fn opts() -> CompileOptions {
-    CompileOptions::default()
+    CompileOptions {
+        counters: true,
+        ..Default::default()
+    }
 }
 
 /// The xyz model with a realistic mix of policies.
@@ -378,11 +403,14 @@ fn random_diffs_are_exact_and_well_ordered() {
 fn incremental_compiler_equals_full_compile() {
     use weft_policy::{Compiler, NamedPort, Protocol};
     let mut events = 0;
+    let mut journalled = 0;
     for seed in 0..120u64 {
         let mut rng = Rng::new(seed ^ 0xfeed);
         let model = random_model(seed, 4);
         let mut c = Compiler::new(model, opts());
-        assert_eq!(c.ruleset(), &compile(c.model(), &opts()));
+        assert_eq!(c.ruleset().clone(), compile(c.model(), &opts()));
+        // What the kernel would hold, programmed from the journalled changes only.
+        let mut programmed: Option<Ruleset> = None;
         for step in 0..25 {
             let keys: Vec<Key> = c.model().pods.keys().cloned().collect();
             let pick = |rng: &mut Rng| keys[rng.below(keys.len())].clone();
@@ -454,12 +482,33 @@ fn incremental_compiler_equals_full_compile() {
                 }
             }
             events += 1;
+            let desired = c.ruleset().clone();
             assert_eq!(
-                c.ruleset(),
-                &compile(c.model(), &opts()),
+                desired,
+                compile(c.model(), &opts()),
                 "seed {seed} step {step}"
             );
+            // Bursts of 1-3 events between kernel updates.
+            if rng.chance(50) {
+                let changes = c.take_changes();
+                let batch = changes.batch(programmed.as_ref(), &desired);
+                if programmed.is_some() && !changes.full {
+                    assert!(
+                        batch.commands.iter().all(|c| c.is_element_op()),
+                        "seed {seed} step {step}: {batch:?}"
+                    );
+                }
+                let start = programmed.clone().unwrap_or_default();
+                let after = simulate(&start, &batch)
+                    .unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}\n{batch:?}"));
+                assert_eq!(after, desired, "seed {seed} step {step}");
+                let mut record = programmed.take().unwrap_or_else(|| desired.clone());
+                changes.apply_to(&mut record, &desired);
+                assert_eq!(record, desired, "seed {seed} step {step}");
+                programmed = Some(record);
+                journalled += 1;
+            }
         }
     }
-    assert!(events > 0);
+    assert!(events > 0 && journalled > 0);
 }
