@@ -11,7 +11,7 @@
 //! from the pod's status), never open.
 
 use crate::agent::Shared;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -27,8 +27,6 @@ use tokio::sync::watch;
 use weft_policy::k8s::SlimPod;
 use weft_policy::{Applier, CompileOptions, Compiler, Key, Model};
 
-/// Events arriving within this of each other are applied together (one transaction).
-const SETTLE: Duration = Duration::from_millis(20);
 const PAGE_SIZE: u32 = 200;
 
 /// What `weftd status` shows about policy.
@@ -338,9 +336,10 @@ pub async fn run(
                     shared.update(|s| s.policy = Some(st));
                 }
                 dirty |= state.change(c);
-                // Take what else arrives right away into the same transaction.
-                let until = tokio::time::Instant::now() + SETTLE;
-                while let Ok(Some(c)) = tokio::time::timeout_at(until, changes.next()).await {
+                // Take what has already arrived into the same transaction, without waiting
+                // for more: what arrives while it is applied makes the next one (a burst
+                // batches itself; a lone change is not delayed).
+                while let Some(Some(c)) = changes.next().now_or_never() {
                     dirty |= state.change(c);
                 }
             }
