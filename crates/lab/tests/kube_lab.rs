@@ -1005,58 +1005,6 @@ fn weft_lab_cli_up_kubectl_exec_down_with_kubernetes() {
     assert!(!after.status.success(), "kubectl still answers after down");
 }
 
-/// Issue 14 (first part): Services through kube-proxy (iptables mode) and weft: a ClusterIP
-/// reached from a pod on the backend's node (bridged) and from another node (host-gw) with
-/// the client pod's own address as the source the backend sees; a pod reaching itself through
-/// its own Service (hairpin, one endpoint: itself).
-#[test]
-fn cluster_ip_services_work_through_weft_from_every_node_and_hairpin() {
-    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
-    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
-    let web = c
-        .add_kube_pod("n1", "web")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let near = c
-        .add_kube_pod("n1", "near")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let far = c
-        .add_kube_pod("n2", "far")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let cp = c.control_plane().unwrap();
-    cp.kubectl(&["label", "pod", "web", "svc=web"]).unwrap();
-    let svc = r#"{"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"selector": {"svc": "web"},
-                 "ports": [{"protocol": "TCP", "port": 80, "targetPort": 8080}]}}"#;
-    cp.kubectl_stdin(&["apply", "-f", "-"], Some(svc.as_bytes()))
-        .unwrap();
-    let cluster_ip: std::net::IpAddr = cp
-        .kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let vip = std::net::SocketAddr::new(cluster_ip, 80);
-    for (who, from) in [("same node", &near), ("other node", &far)] {
-        let (name, source) = wait_for_answer(
-            &format!("{who} reaches the ClusterIP"),
-            from.netns.handle(),
-            vip,
-            Duration::from_secs(30),
-        );
-        assert_eq!(name, "web", "{who}: answered by {name}");
-        assert_eq!(
-            source,
-            from.ipv4().unwrap().to_string(),
-            "{who}: the backend must see the client pod's address (no SNAT pod to Service)"
-        );
-    }
-    // Hairpin: web reaches itself through its own Service (kube-proxy masquerades hairpin
-    // traffic; weft's bridge port has hairpin mode on).
-    let (who, _) = wait_for_answer("hairpin", web.netns.handle(), vip, Duration::from_secs(10));
-    assert_eq!(who, "web");
-}
-
 /// One TCP exchange with an agnhost from any netns: (who answered, the source it saw).
 fn agnhost_answer_from(
     ns: &weft_netops::netns::NetNs,
@@ -1075,99 +1023,261 @@ fn agnhost_answer_from(
     .flatten()
 }
 
-/// Waits (up to `timeout`) for an agnhost at `to` to answer from `ns`; (who, source seen).
-fn wait_for_answer(
-    what: &str,
+/// Tries an agnhost exchange from `ns` until one succeeds; None after `timeout`.
+fn answer_within(
     ns: &weft_netops::netns::NetNs,
     to: std::net::SocketAddr,
     timeout: Duration,
-) -> (String, String) {
-    let mut last = None;
-    wait_until(what, timeout, || {
-        last = agnhost_answer_from(ns, to);
-        last.is_some()
-            .then_some(())
-            .ok_or_else(|| "no answer".to_string())
-    });
-    last.unwrap()
+) -> Option<(String, String)> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(a) = agnhost_answer_from(ns, to) {
+            return Some(a);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
-/// Issue 14 (second part): NodePort from the world host, through a node that has no endpoint
-/// (the backend sees that node's address: kube-proxy masquerades) and, with
-/// `externalTrafficPolicy: Local`, through the backend's node with the client's own address
-/// (a node without an endpoint does not answer).
-#[test]
-fn node_ports_work_from_the_world_through_weft() {
-    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
-    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
-    c.add_kube_pod("n1", "web")
-        .unwrap_or_else(|e| panic!("{e}"));
+/// Creates Service `name` selecting pods labelled `selector` (`key=value`), TCP 80 -> 8080;
+/// `node_port`: `Some(externalTrafficPolicy)` makes it a NodePort Service. Returns its
+/// ClusterIP and node port.
+fn apply_service(
+    c: &Cluster,
+    name: &str,
+    selector: &str,
+    node_port: Option<&str>,
+) -> (std::net::IpAddr, Option<u16>) {
+    let (k, v) = selector.split_once('=').unwrap();
+    let mut spec = json!({
+        "selector": { k: v },
+        "ports": [{ "protocol": "TCP", "port": 80, "targetPort": 8080 }],
+    });
+    if let Some(policy) = node_port {
+        spec["type"] = json!("NodePort");
+        spec["externalTrafficPolicy"] = json!(policy);
+    }
+    let doc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": spec,
+    });
     let cp = c.control_plane().unwrap();
-    cp.kubectl(&["label", "pod", "web", "svc=web"]).unwrap();
-    let service = |name: &str, policy: &str| {
-        format!(
-            r#"{{"apiVersion": "v1", "kind": "Service",
-                "metadata": {{"name": "{name}", "namespace": "default"}},
-                "spec": {{"type": "NodePort", "externalTrafficPolicy": "{policy}",
-                         "selector": {{"svc": "web"}},
-                         "ports": [{{"protocol": "TCP", "port": 80, "targetPort": 8080}}]}}}}"#
-        )
-    };
-    let node_port = |name: &str| -> u16 {
-        cp.kubectl(&[
-            "get",
-            "service",
-            name,
-            "-o",
-            "jsonpath={.spec.ports[0].nodePort}",
-        ])
+    cp.kubectl_stdin(&["apply", "-f", "-"], Some(doc.to_string().as_bytes()))
+        .unwrap_or_else(|e| panic!("Service {name}: {e}"));
+    let svc = cp.get_json(&["service", name]).unwrap();
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+    let port = svc["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .map(|p| p as u16);
+    (ip, port)
+}
+
+/// Node `node`'s pod CIDR (nodeipam's).
+fn pod_cidr(c: &Cluster, node: &str) -> ipnet::Ipv4Net {
+    c.control_plane()
         .unwrap()
-        .trim()
+        .get_json(&["node", node])
+        .unwrap()["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
         .parse()
         .unwrap()
+}
+
+/// The pods' gateway on `node`: the first address of its pod CIDR, on weft's bridge.
+fn pod_gateway(c: &Cluster, node: &str) -> String {
+    let net = pod_cidr(c, node).network();
+    std::net::Ipv4Addr::from(u32::from(net) + 1).to_string()
+}
+
+/// One row of the Services matrix: who answered and which source address it saw, against
+/// what was expected (None: no answer).
+struct Row {
+    case: String,
+    got: Option<(String, String)>,
+    want: Option<(String, String)>,
+}
+
+fn want(who: &str, source: impl ToString) -> Option<(String, String)> {
+    Some((who.to_string(), source.to_string()))
+}
+
+fn matrix_table(rows: &[Row]) -> String {
+    let show = |a: &Option<(String, String)>| match a {
+        Some((who, src)) => format!("{who} saw {src}"),
+        None => "no answer".into(),
     };
-    for (name, policy) in [("web-cluster", "Cluster"), ("web-local", "Local")] {
-        cp.kubectl_stdin(
-            &["apply", "-f", "-"],
-            Some(service(name, policy).as_bytes()),
-        )
-        .unwrap();
+    rows.iter()
+        .map(|r| {
+            format!(
+                "{} {:<58} {:<28} (want {})\n",
+                if r.got == r.want { " " } else { "!" },
+                r.case,
+                show(&r.got),
+                show(&r.want)
+            )
+        })
+        .collect()
+}
+
+/// Issue 14: Services through kube-proxy (iptables mode) and weft with weft's firewall
+/// driver `firewall`, on n1 and n2 (host-gw) and the far node n3 (VXLAN). Every case checks
+/// who answered and the source address the backend saw:
+/// - pod -> ClusterIP keeps the client pod's address (same node, other node, over VXLAN both
+///   ways);
+/// - hairpin (a pod reaching itself through a Service, as the only endpoint and as one of
+///   two) is masqueraded by kube-proxy to the pod gateway on the pod's node; the other
+///   endpoint of two sees the client pod's address;
+/// - NodePort (externalTrafficPolicy Cluster) from the world is masqueraded by kube-proxy to
+///   the address of the interface the forwarding node sends it out of: the node's underlay
+///   address towards a host-gw peer, its pod gateway when the backend is local, its VTEP
+///   address over VXLAN;
+/// - externalTrafficPolicy Local keeps the client's address, and a node without an endpoint
+///   does not answer.
+fn services_through_kube_proxy(firewall: &str) {
+    use std::net::{IpAddr, SocketAddr};
+    let t0 = std::time::Instant::now();
+    let mut cfg = kube(2, true);
+    cfg.firewall = firewall.into();
+    let mut c = Cluster::build(cfg).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    // weftd runs the driver the ConfigMap names on every node, its rules in place.
+    for n in ["n1", "n2", "n3"] {
+        let (_, body) = agent_get(&c, n, "/status");
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let driver = v["firewall"]["driver"].as_str().unwrap_or_default();
+        assert!(
+            driver.starts_with(firewall) && v["firewall"]["in_place"] == true,
+            "{n}: weftd firewall {} (want {firewall})",
+            v["firewall"]
+        );
     }
-    let (cluster_port, local_port) = (node_port("web-cluster"), node_port("web-local"));
-    let n1 = std::net::IpAddr::V4(c.node("n1").unwrap().underlay_ip);
-    let n2 = std::net::IpAddr::V4(c.node("n2").unwrap().underlay_ip);
+    let mut pods = std::collections::HashMap::new();
+    for (node, name) in [
+        ("n1", "web"),
+        ("n1", "near"),
+        ("n2", "far"),
+        ("n2", "mate"),
+        ("n3", "distant"),
+    ] {
+        let p = c.add_kube_pod(node, name).unwrap_or_else(|e| panic!("{e}"));
+        pods.insert(name, p);
+    }
+    eprintln!("[{firewall}] lab and 5 pods up after {:.1?}", t0.elapsed());
+    let cp = c.control_plane().unwrap();
+    for (pod, labels) in [
+        ("web", &["svc=web", "pair=yes"][..]),
+        ("mate", &["pair=yes"]),
+        ("distant", &["svc=distant"]),
+    ] {
+        let mut args = vec!["label", "pod", pod];
+        args.extend(labels);
+        cp.kubectl(&args).unwrap();
+    }
+    let (web_ip, _) = apply_service(&c, "web", "svc=web", None);
+    let (pair_ip, _) = apply_service(&c, "pair", "pair=yes", None);
+    apply_service(&c, "distant", "svc=distant", None);
+    let (_, cluster_port) = apply_service(&c, "web-cluster", "svc=web", Some("Cluster"));
+    let (_, local_port) = apply_service(&c, "web-local", "svc=web", Some("Local"));
+    let (cluster_port, local_port) = (cluster_port.unwrap(), local_port.unwrap());
+    let ip = |name: &str| pods[name].ipv4().unwrap().to_string();
+    let node_ip = |n: &str| IpAddr::V4(c.node(n).unwrap().underlay_ip);
+    let ns = |name: &str| pods[name].netns.handle();
     let world = c.world.handle();
-
-    // Cluster: through n2, which has no endpoint; the backend sees n2's address.
-    let (who, source) = wait_for_answer(
-        "NodePort through n2",
-        world,
-        std::net::SocketAddr::new(n2, cluster_port),
-        Duration::from_secs(30),
+    let vip = |ip: IpAddr| SocketAddr::new(ip, 80);
+    // The first answer of each case waits for kube-proxy's sync (and the endpoints).
+    let sync = Duration::from_secs(30);
+    let gw1 = pod_gateway(&c, "n1");
+    let mut rows = Vec::new();
+    let mut row = |case: &str, got, want| {
+        rows.push(Row {
+            case: case.into(),
+            got,
+            want,
+        })
+    };
+    let t_cases = std::time::Instant::now();
+    row(
+        "ClusterIP, client on the backend's node (bridged)",
+        answer_within(ns("near"), vip(web_ip), sync),
+        want("web", ip("near")),
     );
-    assert_eq!(who, "web");
-    assert_eq!(
-        source,
-        n2.to_string(),
-        "masqueraded to the node that forwarded"
+    row(
+        "ClusterIP, client on another node (host-gw)",
+        answer_within(ns("far"), vip(web_ip), sync),
+        want("web", ip("far")),
     );
-
-    // Local: the client's own address through the backend's node; nothing through n2.
-    let (who, source) = wait_for_answer(
-        "Local NodePort through n1",
-        world,
-        std::net::SocketAddr::new(n1, local_port),
-        Duration::from_secs(30),
+    row(
+        "ClusterIP, hairpin: the pod is the only endpoint",
+        answer_within(ns("web"), vip(web_ip), sync),
+        want("web", &gw1),
     );
-    assert_eq!(who, "web");
-    assert_eq!(
-        source,
-        weft_lab::cluster::WORLD_IP.to_string(),
-        "externalTrafficPolicy: Local keeps the client's address"
+    // Two endpoints, one of them the client: both answer in turn (kube-proxy picks at random).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        if let Some(a) = answer_within(ns("web"), vip(pair_ip), sync) {
+            seen.insert(a);
+        }
+        if seen.len() >= 2 {
+            break;
+        }
+    }
+    let seen_from = |who: &str| seen.iter().find(|(w, _)| w == who).cloned();
+    row(
+        "ClusterIP, 2 endpoints, hairpin to itself",
+        seen_from("web"),
+        want("web", &gw1),
     );
-    assert_eq!(
-        agnhost_answer_from(world, std::net::SocketAddr::new(n2, local_port)),
+    row(
+        "ClusterIP, 2 endpoints, the other (on n2)",
+        seen_from("mate"),
+        want("mate", ip("web")),
+    );
+    row(
+        "NodePort from the world via n2 (no endpoint, host-gw)",
+        answer_within(world, SocketAddr::new(node_ip("n2"), cluster_port), sync),
+        want("web", node_ip("n2")),
+    );
+    row(
+        "NodePort from the world via n1 (the backend's node)",
+        answer_within(world, SocketAddr::new(node_ip("n1"), cluster_port), sync),
+        want("web", &gw1),
+    );
+    row(
+        "NodePort Local from the world via n1 (endpoint here)",
+        answer_within(world, SocketAddr::new(node_ip("n1"), local_port), sync),
+        want("web", weft_lab::cluster::WORLD_IP),
+    );
+    // Once n1 answered, n2's rules are in place too: one try.
+    row(
+        "NodePort Local from the world via n2 (no endpoint)",
+        agnhost_answer_from(world, SocketAddr::new(node_ip("n2"), local_port)),
         None,
-        "a node without an endpoint must not answer a Local NodePort"
     );
+    eprintln!(
+        "[{firewall}] {} cases in {:.1?}; total {:.1?}\n{}",
+        rows.len(),
+        t_cases.elapsed(),
+        t0.elapsed(),
+        matrix_table(&rows)
+    );
+    let wrong: Vec<&Row> = rows.iter().filter(|r| r.got != r.want).collect();
+    assert!(
+        wrong.is_empty(),
+        "[{firewall}] Services matrix:\n{}",
+        matrix_table(&rows)
+    );
+}
+
+#[test]
+fn services_through_kube_proxy_with_weft_nftables_firewall() {
+    services_through_kube_proxy("nftables");
+}
+
+#[test]
+fn services_through_kube_proxy_with_weft_iptables_firewall() {
+    services_through_kube_proxy("iptables");
 }
