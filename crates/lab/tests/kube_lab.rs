@@ -1179,7 +1179,7 @@ fn services_through_kube_proxy(firewall: &str) {
     }
     let (web_ip, _) = apply_service(&c, "web", "svc=web", None);
     let (pair_ip, _) = apply_service(&c, "pair", "pair=yes", None);
-    apply_service(&c, "distant", "svc=distant", None);
+    let (distant_ip, _) = apply_service(&c, "distant", "svc=distant", None);
     let (_, cluster_port) = apply_service(&c, "web-cluster", "svc=web", Some("Cluster"));
     let (_, local_port) = apply_service(&c, "web-local", "svc=web", Some("Local"));
     let (cluster_port, local_port) = (cluster_port.unwrap(), local_port.unwrap());
@@ -1191,6 +1191,17 @@ fn services_through_kube_proxy(firewall: &str) {
     // The first answer of each case waits for kube-proxy's sync (and the endpoints).
     let sync = Duration::from_secs(30);
     let gw1 = pod_gateway(&c, "n1");
+    // n3 (the far node, behind the router) is a VXLAN peer of n1 (`auto` backend).
+    let (_, body) = agent_get(&c, "n1", "/status");
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let path_to_n3 = v["last_reconcile"]["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "n3")
+        .map(|p| p["path"].clone());
+    assert_eq!(path_to_n3, Some(json!("vxlan")), "n1's path to n3: {body}");
+    let vtep3 = pod_cidr(&c, "n3").network().to_string();
     let mut rows = Vec::new();
     let mut row = |case: &str, got, want| {
         rows.push(Row {
@@ -1256,6 +1267,21 @@ fn services_through_kube_proxy(firewall: &str) {
         "NodePort Local from the world via n2 (no endpoint)",
         agnhost_answer_from(world, SocketAddr::new(node_ip("n2"), local_port)),
         None,
+    );
+    row(
+        "ClusterIP, client on the far node n3 (VXLAN to n1)",
+        answer_within(ns("distant"), vip(web_ip), sync),
+        want("web", ip("distant")),
+    );
+    row(
+        "ClusterIP on the far node, client on n1 (VXLAN to n3)",
+        answer_within(ns("near"), vip(distant_ip), sync),
+        want("distant", ip("near")),
+    );
+    row(
+        "NodePort from the world via n3 (VXLAN to n1)",
+        answer_within(world, SocketAddr::new(node_ip("n3"), cluster_port), sync),
+        want("web", &vtep3),
     );
     eprintln!(
         "[{firewall}] {} cases in {:.1?}; total {:.1?}\n{}",
