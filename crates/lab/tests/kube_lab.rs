@@ -1307,3 +1307,422 @@ fn services_through_kube_proxy_with_weft_nftables_firewall() {
 fn services_through_kube_proxy_with_weft_iptables_firewall() {
     services_through_kube_proxy("iptables");
 }
+
+/// What one connection attempt to a Service ended with.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    /// agnhost answered with its pod name.
+    Answer(String),
+    /// ECONNREFUSED (kube-proxy's REJECT for a Service without endpoints, or a closed port).
+    Refused,
+    /// No answer within the attempt's timeout.
+    TimedOut,
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+struct Attempt {
+    started: std::time::Instant,
+    took: Duration,
+    outcome: Outcome,
+}
+
+/// Per attempt: connect and read at most this long each, so no attempt hangs. Longer than
+/// TCP's first SYN retransmission (1 s): kube-proxy REJECTs with ICMP port unreachable, which
+/// the kernel rate-limits per destination (`icmp_ratelimit` 1 s, a burst of 6), so a client
+/// connecting many times a second to a Service without endpoints gets some refusals only on
+/// the retransmitted SYN.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn attempt(to: std::net::SocketAddr) -> Outcome {
+    use std::io::{BufRead, ErrorKind};
+    let s = match std::net::TcpStream::connect_timeout(&to, ATTEMPT_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Outcome::Refused,
+        Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+            return Outcome::TimedOut
+        }
+        Err(e) => return Outcome::Failed(format!("connect: {e}")),
+    };
+    if let Err(e) = s.set_read_timeout(Some(ATTEMPT_TIMEOUT)) {
+        return Outcome::Failed(format!("set timeout: {e}"));
+    }
+    let mut line = String::new();
+    match std::io::BufReader::new(s).read_line(&mut line) {
+        Ok(_) => match line.split_whitespace().next() {
+            Some(name) => Outcome::Answer(name.to_string()),
+            None => Outcome::Failed("closed without an answer".into()),
+        },
+        Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+            Outcome::TimedOut
+        }
+        Err(e) => Outcome::Failed(format!("read: {e}")),
+    }
+}
+
+/// A client connecting to `to` again and again from a pod's netns (a thread of its own),
+/// recording every attempt, until dropped.
+struct ClientLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Attempt>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClientLoop {
+    fn start(ns: &weft_netops::netns::NetNs, to: std::net::SocketAddr) -> ClientLoop {
+        use std::os::fd::{AsFd, AsRawFd};
+        use std::sync::atomic::Ordering;
+        let fd = ns.as_fd().try_clone_to_owned().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, log2) = (stop.clone(), log.clone());
+        let thread = std::thread::spawn(move || {
+            // SAFETY: plain syscall on a valid fd; affects only this thread.
+            assert_eq!(
+                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns into the client pod"
+            );
+            while !stop2.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let outcome = attempt(to);
+                log2.lock().unwrap().push(Attempt {
+                    started,
+                    took: started.elapsed(),
+                    outcome,
+                });
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        ClientLoop {
+            stop,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    /// The attempts that started at or after `t`.
+    fn since(&self, t: std::time::Instant) -> Vec<Attempt> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|a| a.started >= t).cloned().collect()
+    }
+
+    fn all(&self) -> Vec<Attempt> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ClientLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The ready endpoints of Service `name` by pod name.
+fn endpoint_pods(cp: &ControlPlane, name: &str) -> std::collections::BTreeSet<String> {
+    let ep = cp.get_json(&["endpoints", name]).unwrap_or(Value::Null);
+    ep["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
+        .filter_map(|a| a["targetRef"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// Pods labelled `app=<app>`: name -> (IP, node), those that have an IP.
+fn labelled_pods(
+    cp: &ControlPlane,
+    app: &str,
+) -> std::collections::BTreeMap<String, (String, String)> {
+    let pods = cp
+        .get_json(&["pods", "-l", &format!("app={app}")])
+        .unwrap_or(Value::Null);
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["metadata"]["name"].as_str()?.to_string(),
+                (
+                    p["status"]["podIP"].as_str()?.to_string(),
+                    p["spec"]["nodeName"].as_str()?.to_string(),
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn answered_by(attempts: &[Attempt]) -> std::collections::BTreeSet<String> {
+    attempts
+        .iter()
+        .filter_map(|a| match &a.outcome {
+            Outcome::Answer(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (answers, refused, timed out, failed) among `attempts`.
+fn tally(attempts: &[Attempt]) -> (usize, usize, usize, usize) {
+    let count = |f: &dyn Fn(&Outcome) -> bool| attempts.iter().filter(|a| f(&a.outcome)).count();
+    (
+        count(&|o| matches!(o, Outcome::Answer(_))),
+        count(&|o| *o == Outcome::Refused),
+        count(&|o| *o == Outcome::TimedOut),
+        count(&|o| matches!(o, Outcome::Failed(_))),
+    )
+}
+
+/// The attempts of the next `window` (waits for them).
+fn steady_window(client: &ClientLoop, window: Duration) -> Vec<Attempt> {
+    let t = std::time::Instant::now();
+    std::thread::sleep(window);
+    client.since(t)
+}
+
+/// Issue 14: a Deployment's endpoints change under a client that keeps connecting to its
+/// ClusterIP (every attempt bounded by [`ATTEMPT_TIMEOUT`]): scaled 1 -> 3 -> 0 -> 1. Answers
+/// only ever come from pods that were endpoints; once kube-proxy synced, from the current
+/// ones only; at 0 replicas connections are refused at once (kube-proxy's REJECT), not left
+/// to time out; the deleted pods leave no IPAM reservation, host veth, /32 route or
+/// permanent neighbour on any node, and weft's own kernel objects are as before. Figures
+/// (time from each scale to the new state answering) are printed.
+#[test]
+fn service_endpoints_follow_a_deployment_scaled_under_a_client_loop() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Instant;
+    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    let client = c
+        .add_kube_pod("n1", "client")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let nodes = ["n1", "n2"];
+    let baseline: Vec<(Vec<String>, usize)> = nodes
+        .iter()
+        .map(|n| {
+            let ns = c.node(n).unwrap().ns();
+            (weft_kernel_objects(ns), weft_veths(ns).len())
+        })
+        .collect();
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "echo", "namespace": "default" },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "echo" } },
+            "template": {
+                "metadata": { "labels": { "app": "echo" } },
+                "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "automountServiceAccountToken": false,
+                    "containers": [weft_lab::kube::lab::agnhost_container()],
+                },
+            },
+        },
+    });
+    let cp = c.control_plane().unwrap();
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(deployment.to_string().as_bytes()),
+    )
+    .unwrap();
+    let (vip, _) = apply_service(&c, "echo", "app=echo", None);
+    let vip = std::net::SocketAddr::new(vip, 80);
+    let client_loop = ClientLoop::start(client.netns.handle(), vip);
+    // Every pod that was ever an endpoint, and every Deployment pod's (IP, node).
+    let mut ever: BTreeSet<String> = BTreeSet::new();
+    let mut pods: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let scale = |n: u32| {
+        cp.kubectl(&["scale", "deployment", "echo", &format!("--replicas={n}")])
+            .unwrap();
+        Instant::now()
+    };
+    let mut figures = Vec::new();
+
+    // 1 replica: it answers.
+    let t = Instant::now();
+    wait_until("1 endpoint answers", Duration::from_secs(90), || {
+        let eps = endpoint_pods(cp, "echo");
+        ever.extend(eps.iter().cloned());
+        pods.extend(labelled_pods(cp, "echo"));
+        let answered = answered_by(&client_loop.since(t));
+        (eps.len() == 1 && eps.is_subset(&answered))
+            .then_some(())
+            .ok_or_else(|| format!("endpoints {eps:?}, answered {answered:?}"))
+    });
+    let first: BTreeSet<String> = endpoint_pods(cp, "echo");
+
+    // 1 -> 3: all three answer; then only they do.
+    let t = scale(3);
+    let mut t_eps = None;
+    wait_until("3 endpoints answer", Duration::from_secs(90), || {
+        let eps = endpoint_pods(cp, "echo");
+        ever.extend(eps.iter().cloned());
+        pods.extend(labelled_pods(cp, "echo"));
+        if eps.len() == 3 && t_eps.is_none() {
+            t_eps = Some(t.elapsed());
+        }
+        let answered = answered_by(&client_loop.since(t));
+        (eps.len() == 3 && eps.is_subset(&answered))
+            .then_some(())
+            .ok_or_else(|| format!("endpoints {eps:?}, answered {answered:?}"))
+    });
+    let three = endpoint_pods(cp, "echo");
+    let attempts = client_loop.since(t);
+    for new in three.difference(&first) {
+        let at = attempts
+            .iter()
+            .find(|a| a.outcome == Outcome::Answer(new.clone()))
+            .map(|a| a.started.duration_since(t));
+        figures.push(format!(
+            "1->3: first answer from new endpoint {new} after {at:.1?}"
+        ));
+    }
+    figures.push(format!(
+        "1->3: 3 ready endpoints after {:.1?}",
+        t_eps.unwrap()
+    ));
+    let window = steady_window(&client_loop, Duration::from_secs(2));
+    let (answers, ..) = tally(&window);
+    assert_eq!(answers, window.len(), "at 3 replicas: {window:?}");
+    assert_eq!(answered_by(&window), three, "at 3 replicas, answered by");
+
+    // 3 -> 0: kube-proxy rejects; once the pods are gone every attempt is refused at once.
+    let t = scale(0);
+    wait_until("the pods are gone", Duration::from_secs(90), || {
+        let eps = endpoint_pods(cp, "echo");
+        let left = labelled_pods(cp, "echo");
+        (eps.is_empty() && left.is_empty())
+            .then_some(())
+            .ok_or_else(|| format!("endpoints {eps:?}, pods {left:?}"))
+    });
+    let gone = t.elapsed();
+    // kube-proxy's sync: five refusals in a row.
+    wait_until("refused at 0 replicas", Duration::from_secs(30), || {
+        let a = client_loop.all();
+        let last5: Vec<&Attempt> = a.iter().rev().take(5).collect();
+        (last5.len() == 5 && last5.iter().all(|a| a.outcome == Outcome::Refused))
+            .then_some(())
+            .ok_or_else(|| format!("last attempts {last5:?}"))
+    });
+    let transition = client_loop.since(t);
+    let first_refused = transition
+        .iter()
+        .find(|a| a.outcome == Outcome::Refused)
+        .map(|a| a.started.duration_since(t));
+    let (a, r, to, f) = tally(&transition);
+    figures.push(format!(
+        "3->0: endpoints empty and pods gone after {gone:.1?}; first refusal after \
+         {first_refused:.1?}; meanwhile {a} answers, {r} refused, {to} timed out, {f} failed"
+    ));
+    let window = steady_window(&client_loop, Duration::from_secs(4));
+    let refused: Vec<&Attempt> = window
+        .iter()
+        .filter(|a| a.outcome == Outcome::Refused)
+        .collect();
+    assert_eq!(
+        refused.len(),
+        window.len(),
+        "at 0 replicas every attempt must be refused: {window:?}"
+    );
+    let slowest = refused.iter().map(|a| a.took).max().unwrap_or_default();
+    let at_once = refused
+        .iter()
+        .filter(|a| a.took < Duration::from_millis(100))
+        .count();
+    figures.push(format!(
+        "0: {} attempts in 4 s, all refused: {at_once} at once, the others on the SYN \
+         retransmission (ICMP rate limit); slowest {slowest:.1?}",
+        window.len()
+    ));
+
+    // Nothing left of the deleted pods on any node.
+    let deleted: BTreeMap<String, (String, String)> = pods.clone();
+    for (i, n) in nodes.iter().enumerate() {
+        let ns = c.node(n).unwrap().ns();
+        let ipam = c
+            .kube()
+            .unwrap()
+            .node(n)
+            .unwrap()
+            .host_path("/var/lib/cni/weft")
+            .unwrap();
+        let held = reservations(&ipam);
+        let mut nl = weft_netops::Netlink::in_netns(ns).unwrap();
+        let routes: Vec<String> = nl
+            .list_routes(None, Some(254))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.dst.to_string())
+            .collect();
+        let permanent: Vec<String> = nl
+            .list_neighbours(None)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.state & weft_netops::netlink::NUD_PERMANENT != 0)
+            .map(|e| e.ip.to_string())
+            .collect();
+        for (pod, (ip, _)) in &deleted {
+            assert!(
+                !held.contains(ip),
+                "{n}: {ip} of deleted {pod} still reserved"
+            );
+            assert!(
+                !routes.contains(&format!("{ip}/32")),
+                "{n}: a /32 route to deleted {pod} ({ip}) is left"
+            );
+            assert!(
+                !permanent.contains(ip),
+                "{n}: a permanent neighbour for deleted {pod} ({ip}) is left"
+            );
+        }
+        let (objects, veths) = &baseline[i];
+        assert_eq!(&weft_kernel_objects(ns), objects, "{n}: weft's objects");
+        assert_eq!(weft_veths(ns).len(), *veths, "{n}: weft host veths");
+    }
+
+    // 0 -> 1: the new pod answers, then only it does.
+    let t = scale(1);
+    wait_until("1 endpoint answers again", Duration::from_secs(90), || {
+        let eps = endpoint_pods(cp, "echo");
+        ever.extend(eps.iter().cloned());
+        let answered = answered_by(&client_loop.since(t));
+        (eps.len() == 1 && eps.is_subset(&answered))
+            .then_some(())
+            .ok_or_else(|| format!("endpoints {eps:?}, answered {answered:?}"))
+    });
+    let again = endpoint_pods(cp, "echo");
+    assert!(again.is_disjoint(&three), "a new pod, not an old one");
+    let at = client_loop
+        .since(t)
+        .iter()
+        .find(|a| matches!(a.outcome, Outcome::Answer(_)))
+        .map(|a| a.started.duration_since(t));
+    figures.push(format!(
+        "0->1: first answer from the new pod after {at:.1?}"
+    ));
+    let window = steady_window(&client_loop, Duration::from_secs(2));
+    assert_eq!(answered_by(&window), again, "at 1 replica, answered by");
+    assert_eq!(tally(&window).0, window.len(), "at 1 replica: {window:?}");
+
+    // Over the whole run: answers only ever from pods that were endpoints.
+    let all = client_loop.all();
+    let strangers: BTreeSet<String> = answered_by(&all).difference(&ever).cloned().collect();
+    assert!(
+        strangers.is_empty(),
+        "answers from non-endpoints {strangers:?}"
+    );
+    let slowest = all.iter().map(|a| a.took).max().unwrap_or_default();
+    let (a, r, to, f) = tally(&all);
+    figures.push(format!(
+        "whole run: {} attempts: {a} answers, {r} refused, {to} timed out, {f} failed; \
+         slowest {slowest:.1?}",
+        all.len()
+    ));
+    eprintln!("{}", figures.join("\n"));
+}

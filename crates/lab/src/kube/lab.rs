@@ -343,6 +343,24 @@ fn node_err(kube: &mut KubeLab, name: &str, e: LabError) -> LabError {
     LabError::Setup(detail)
 }
 
+/// The lab's workload container (`weft-agnhost serve`: TCP 8080, UDP 8081, answering its pod
+/// name), for a Pod's or a Deployment's pod template.
+pub fn agnhost_container() -> Value {
+    json!({
+        "name": "main",
+        "image": image::AGNHOST_IMAGE,
+        "imagePullPolicy": "Never",
+        "env": [{
+            "name": "POD_NAME",
+            "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } },
+        }],
+        "ports": [
+            { "containerPort": image::AGNHOST_PORTS.0, "protocol": "TCP" },
+            { "containerPort": image::AGNHOST_PORTS.1, "protocol": "UDP" },
+        ],
+    })
+}
+
 /// A pod's JSON (status.podIP, spec.nodeName, ...).
 pub fn pod_json(cp: &ControlPlane, namespace: &str, name: &str) -> Result<Value, LabError> {
     cp.get_json(&["pod", "-n", namespace, name])
@@ -373,19 +391,7 @@ impl Cluster {
                 "nodeName": node,
                 "terminationGracePeriodSeconds": 2,
                 "automountServiceAccountToken": false,
-                "containers": [{
-                    "name": "main",
-                    "image": image::AGNHOST_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "env": [{
-                        "name": "POD_NAME",
-                        "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } },
-                    }],
-                    "ports": [
-                        { "containerPort": image::AGNHOST_PORTS.0, "protocol": "TCP" },
-                        { "containerPort": image::AGNHOST_PORTS.1, "protocol": "UDP" },
-                    ],
-                }],
+                "containers": [agnhost_container()],
             },
         });
         let timeout = self.config.ready_timeout;
