@@ -17,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod files;
 pub mod http;
+pub mod kubeproxy;
 pub mod metrics;
 pub mod node;
 pub mod policy;

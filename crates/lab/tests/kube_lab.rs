@@ -1093,6 +1093,39 @@ fn pod_gateway(c: &Cluster, node: &str) -> String {
     std::net::Ipv4Addr::from(u32::from(net) + 1).to_string()
 }
 
+/// `weftd trace ARGS --output json` in the weft DaemonSet's pod on `node` (kubectl exec).
+fn weftd_trace(c: &Cluster, node: &str, args: &[String]) -> Value {
+    let cp = c.control_plane().unwrap();
+    let pods = cp.get_json(&["pods", "-n", "weft"]).unwrap();
+    let pod = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["spec"]["nodeName"] == node)
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .unwrap_or_else(|| panic!("no weft pod on {node}"))
+        .to_string();
+    let mut cmd = vec![
+        "-n", "weft", "exec", &pod, "-c", "weftd", "--", "weftd", "trace",
+    ];
+    cmd.extend(args.iter().map(String::as_str));
+    cmd.extend(["--output", "json"]);
+    // A broken path exits non-zero; its JSON is still the answer.
+    let out = cp
+        .kubectl_command()
+        .args(&cmd)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "weftd trace {args:?} on {node}: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// One row of the Services matrix: who answered and which source address it saw, against
 /// what was expected (None: no answer).
 struct Row {
@@ -1283,6 +1316,70 @@ fn services_through_kube_proxy(firewall: &str) {
         answer_within(world, SocketAddr::new(node_ip("n3"), cluster_port), sync),
         want("web", &vtep3),
     );
+    // `weftd trace` (weft's own image, in its DaemonSet pod) follows kube-proxy's DNAT from
+    // the kernel's nat table to the endpoints and the path to each.
+    let t_trace = std::time::Instant::now();
+    let svc_trace = |node: &str, args: &[String]| {
+        let t = weftd_trace(&c, node, args);
+        let eps: Vec<(String, bool)> = t["services"][0]["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    format!("{}:{}", e["ip"].as_str().unwrap(), e["port"]),
+                    e["masquerade"] == true,
+                )
+            })
+            .collect();
+        let paths: Vec<&str> = t["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["dst"].as_str())
+            .collect();
+        assert_eq!(t["ok"], true, "{node}: trace {args:?}: {t:#}");
+        let mut paths: Vec<String> = paths.into_iter().map(String::from).collect();
+        paths.sort();
+        (eps, paths, t)
+    };
+    let arg = |v: &dyn ToString| v.to_string();
+    let (eps, paths, t) = svc_trace("n1", &[ip("near"), arg(&web_ip), arg(&"--port"), arg(&80)]);
+    assert_eq!(eps, [(format!("{}:8080", ip("web")), false)], "near -> web");
+    assert_eq!(paths, [ip("web")]);
+    // With --port, the NetworkPolicy verdict for the endpoint, inside the one JSON document.
+    assert_eq!(t["policy"][0]["to"], format!("{}:8080", ip("web")), "{t:#}");
+    assert!(
+        t["policy"][0]["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("allowed")),
+        "{t:#}"
+    );
+    let (mut eps, paths, _) = svc_trace("n1", &[ip("web"), arg(&pair_ip)]);
+    eps.sort();
+    let mut want_pair = vec![
+        (format!("{}:8080", ip("web")), true),
+        (format!("{}:8080", ip("mate")), false),
+    ];
+    want_pair.sort();
+    assert_eq!(eps, want_pair, "web -> pair (hairpin masqueraded)");
+    assert_eq!(paths.len(), 2);
+    let (eps, _, _) = svc_trace(
+        "n2",
+        &[
+            arg(&weft_lab::cluster::WORLD_IP),
+            arg(&node_ip("n2")),
+            arg(&"--port"),
+            arg(&cluster_port),
+            arg(&"--arriving"),
+        ],
+    );
+    assert_eq!(
+        eps,
+        [(format!("{}:8080", ip("web")), true)],
+        "NodePort via n2"
+    );
+    eprintln!("[{firewall}] 3 traces in {:.1?}", t_trace.elapsed());
     eprintln!(
         "[{firewall}] {} cases in {:.1?}; total {:.1?}\n{}",
         rows.len(),
