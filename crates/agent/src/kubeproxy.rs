@@ -135,6 +135,8 @@ struct Rule<'a> {
     probability: Option<f64>,
     comment: Option<&'a str>,
     target: Option<&'a str>,
+    /// `-g`: a chain entered by goto returns to this chain's caller, not here.
+    goto: bool,
     /// The target's own options (`--to-destination ...`).
     target_args: &'a [String],
 }
@@ -188,6 +190,7 @@ fn read_rule<'a>(args: &'a [String], p: &Packet) -> Rule<'a> {
             }
             "-j" | "--jump" | "-g" | "--goto" => {
                 r.target = Some(val);
+                r.goto = opt == "-g" || opt == "--goto";
                 r.target_args = args.get(i + 2..).unwrap_or_default();
                 return r;
             }
@@ -330,7 +333,7 @@ fn walk(
                 taken.chains.push(user.to_string());
                 let back = state.chains.clone();
                 for mut leaf in walk(table, user, 0, p, taken, depth + 1) {
-                    if leaf.verdict == Verdict::Continue {
+                    if leaf.verdict == Verdict::Continue && !r.goto {
                         // Back in this chain, after the jump.
                         leaf.chains = back.clone();
                         leaves.extend(walk(table, chain, i + 1, p, leaf, depth));
@@ -706,6 +709,18 @@ mod tests {
             [("tcp".to_string(), 30027), ("tcp".to_string(), 30991)]
         );
         assert!(service_ports(&r, "10.244.0.2".parse().unwrap(), false).is_empty());
+    }
+
+    #[test]
+    fn a_chain_entered_by_goto_returns_to_the_caller_of_the_chain() {
+        let text = "*nat\n:KUBE-SERVICES - [0:0]\n:A - [0:0]\n:B - [0:0]\n\
+            -A KUBE-SERVICES -j A\n\
+            -A KUBE-SERVICES -j DNAT --to-destination 10.244.0.8:80\n\
+            -A A -g B\n\
+            -A A -j DNAT --to-destination 10.244.0.9:80\n\
+            -A B -j RETURN\nCOMMIT\n";
+        let s = service_nat(&rules(text), &pkt("10.244.0.3", "10.96.0.9", "tcp", 80)).unwrap();
+        assert_eq!(summary(&s), [("10.244.0.8:80".into(), 1.0, false)]);
     }
 
     #[test]
