@@ -1424,6 +1424,13 @@ struct Attempt {
     outcome: Outcome,
 }
 
+impl Attempt {
+    /// When its outcome was known (a connection may succeed only on a retransmitted SYN).
+    fn ended(&self) -> std::time::Instant {
+        self.started + self.took
+    }
+}
+
 /// Per attempt: connect and read at most this long each, so no attempt hangs. Longer than
 /// TCP's first SYN retransmission (1 s): kube-proxy REJECTs with ICMP port unreachable, which
 /// the kernel rate-limits per destination (`icmp_ratelimit` 1 s, a burst of 6), so a client
@@ -1631,13 +1638,17 @@ fn service_endpoints_follow_a_deployment_scaled_under_a_client_loop() {
     let (vip, _) = apply_service(&c, "echo", "app=echo", None);
     let vip = std::net::SocketAddr::new(vip, 80);
     let client_loop = ClientLoop::start(client.netns.handle(), vip);
+    let run_start = Instant::now();
+    let mut scaled_at = Vec::new();
     // Every pod that was ever an endpoint, and every Deployment pod's (IP, node).
     let mut ever: BTreeSet<String> = BTreeSet::new();
     let mut pods: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // Figures count from the start of `kubectl scale` (the API write is inside it).
     let scale = |n: u32| {
+        let t = Instant::now();
         cp.kubectl(&["scale", "deployment", "echo", &format!("--replicas={n}")])
             .unwrap();
-        Instant::now()
+        t
     };
     let mut figures = Vec::new();
 
@@ -1656,6 +1667,7 @@ fn service_endpoints_follow_a_deployment_scaled_under_a_client_loop() {
 
     // 1 -> 3: all three answer; then only they do.
     let t = scale(3);
+    scaled_at.push((3, t.duration_since(run_start)));
     let mut t_eps = None;
     wait_until("3 endpoints answer", Duration::from_secs(90), || {
         let eps = endpoint_pods(cp, "echo");
@@ -1675,7 +1687,7 @@ fn service_endpoints_follow_a_deployment_scaled_under_a_client_loop() {
         let at = attempts
             .iter()
             .find(|a| a.outcome == Outcome::Answer(new.clone()))
-            .map(|a| a.started.duration_since(t));
+            .map(|a| a.ended().duration_since(t));
         figures.push(format!(
             "1->3: first answer from new endpoint {new} after {at:.1?}"
         ));
@@ -1691,6 +1703,7 @@ fn service_endpoints_follow_a_deployment_scaled_under_a_client_loop() {
 
     // 3 -> 0: kube-proxy rejects; once the pods are gone every attempt is refused at once.
     let t = scale(0);
+    scaled_at.push((0, t.duration_since(run_start)));
     wait_until("the pods are gone", Duration::from_secs(90), || {
         let eps = endpoint_pods(cp, "echo");
         let left = labelled_pods(cp, "echo");
@@ -1711,7 +1724,7 @@ fn service_endpoints_follow_a_deployment_scaled_under_a_client_loop() {
     let first_refused = transition
         .iter()
         .find(|a| a.outcome == Outcome::Refused)
-        .map(|a| a.started.duration_since(t));
+        .map(|a| a.ended().duration_since(t));
     let (a, r, to, f) = tally(&transition);
     figures.push(format!(
         "3->0: endpoints empty and pods gone after {gone:.1?}; first refusal after \
@@ -1785,6 +1798,7 @@ fn service_endpoints_follow_a_deployment_scaled_under_a_client_loop() {
 
     // 0 -> 1: the new pod answers, then only it does.
     let t = scale(1);
+    scaled_at.push((1, t.duration_since(run_start)));
     wait_until("1 endpoint answers again", Duration::from_secs(90), || {
         let eps = endpoint_pods(cp, "echo");
         ever.extend(eps.iter().cloned());
@@ -1799,7 +1813,7 @@ fn service_endpoints_follow_a_deployment_scaled_under_a_client_loop() {
         .since(t)
         .iter()
         .find(|a| matches!(a.outcome, Outcome::Answer(_)))
-        .map(|a| a.started.duration_since(t));
+        .map(|a| a.ended().duration_since(t));
     figures.push(format!(
         "0->1: first answer from the new pod after {at:.1?}"
     ));
@@ -1816,9 +1830,21 @@ fn service_endpoints_follow_a_deployment_scaled_under_a_client_loop() {
     );
     let slowest = all.iter().map(|a| a.took).max().unwrap_or_default();
     let (a, r, to, f) = tally(&all);
+    // When something failed, against when the Deployment was scaled (from the loop's start).
+    let failures: Vec<String> = all
+        .iter()
+        .filter_map(|a| match &a.outcome {
+            Outcome::Failed(why) => Some(format!(
+                "{why} at {:.1?}",
+                a.started.saturating_duration_since(run_start)
+            )),
+            _ => None,
+        })
+        .collect();
+    figures.push(format!("scaled to (replicas, at): {scaled_at:.1?}"));
     figures.push(format!(
-        "whole run: {} attempts: {a} answers, {r} refused, {to} timed out, {f} failed; \
-         slowest {slowest:.1?}",
+        "whole run: {} attempts: {a} answers, {r} refused, {to} timed out, {f} failed \
+         {failures:?}; slowest {slowest:.1?}",
         all.len()
     ));
     eprintln!("{}", figures.join("\n"));
