@@ -1347,6 +1347,12 @@ fn services_through_kube_proxy(firewall: &str) {
     let (eps, paths, t) = svc_trace("n1", &[ip("near"), arg(&web_ip), arg(&"--port"), arg(&80)]);
     assert_eq!(eps, [(format!("{}:8080", ip("web")), false)], "near -> web");
     assert_eq!(paths, [ip("web")]);
+    // kube-proxy uses the machine's `iptables`: the nft backend here.
+    let first = t["hops"][0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        first.contains("= default/web") && first.contains("kube-proxy (iptables-nft)"),
+        "{first}"
+    );
     // With --port, the NetworkPolicy verdict for the endpoint, inside the one JSON document.
     assert_eq!(t["policy"][0]["to"], format!("{}:8080", ip("web")), "{t:#}");
     assert!(
