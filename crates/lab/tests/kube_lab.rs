@@ -1710,7 +1710,7 @@ fn service_endpoints_follow_a_deployment_scaled_under_a_client_loop() {
     // 3 -> 0: kube-proxy rejects; once the pods are gone every attempt is refused at once.
     let t = scale(0);
     scaled_at.push((0, t.duration_since(run_start)));
-    wait_until("the pods are gone", Duration::from_secs(90), || {
+    wait_until("the pods are gone", Duration::from_secs(120), || {
         let eps = endpoint_pods(cp, "echo");
         let left = labelled_pods(cp, "echo");
         (eps.is_empty() && left.is_empty())
