@@ -363,7 +363,8 @@ pub struct TraceArgs {
     pub ipam_data_dir: PathBuf,
     #[arg(long, value_parser = ["table", "json"], default_value = "table")]
     pub output: String,
-    /// Also give the NetworkPolicy verdict for a new connection to this destination port.
+    /// The destination port: a Service's port to follow through kube-proxy's DNAT (without
+    /// it, every port of the Service), and the NetworkPolicy verdict for a new connection.
     #[arg(long)]
     pub port: Option<u16>,
     #[arg(long, value_parser = ["tcp", "udp", "sctp"], default_value = "tcp")]
@@ -378,6 +379,8 @@ pub fn trace(a: &TraceArgs) -> Result<(), String> {
         cluster_cidrs: a.cluster_cidrs.clone(),
         firewall: None,
         peers: Vec::new(),
+        kube_proxy: None,
+        port: a.port.map(|p| (a.proto.clone(), p)),
     };
     // The running agent knows the cluster network, its firewall driver and its peers.
     if let Ok((200, body)) = http::get_blocking(a.listen, "/status") {
@@ -411,23 +414,60 @@ pub fn trace(a: &TraceArgs) -> Result<(), String> {
             a.listen
         ));
     }
+    // A destination outside the cluster network may be a Service: kube-proxy's rules.
+    if !ctx.cluster_cidrs.iter().any(|c| c.contains(&a.dst)) {
+        match crate::kubeproxy::read_rules(a.dst.is_ipv6()) {
+            Ok(rules) => ctx.kube_proxy = rules,
+            Err(e) => eprintln!("weftd trace: kube-proxy's rules not read: {e}"),
+        }
+    }
     let mut nl = Netlink::new().map_err(|e| e.to_string())?;
     let t = crate::trace::trace(&mut nl, &ctx, a.src, a.dst, a.arriving);
+    // The NetworkPolicy verdict, from the model weftd compiles its table from; through a
+    // Service, for each endpoint (policies see the packet after kube-proxy's DNAT).
+    let mut verdicts: Vec<(String, String)> = Vec::new();
+    if let Some(port) = a.port {
+        let mut targets: Vec<(std::net::IpAddr, u16)> = t
+            .services
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(|e| (e.ip, e.port)))
+            .collect();
+        if targets.is_empty() {
+            targets.push((a.dst, port));
+        }
+        for (dst, port) in targets {
+            let path = format!(
+                "/policy/verdict?src={}&dst={dst}&proto={}&port={port}",
+                a.src, a.proto
+            );
+            let verdict = match http::get_blocking(a.listen, &path) {
+                Ok((_, answer)) => answer.trim().to_string(),
+                Err(e) => format!("weftd on {} not reachable: {e}", a.listen),
+            };
+            verdicts.push((format!("{dst}:{port}"), verdict));
+        }
+    }
     if a.output == "json" {
-        println!("{}", serde_json::to_string_pretty(&t).expect("serializes"));
+        // One JSON document: the verdicts go inside it, not after it.
+        let mut doc = serde_json::to_value(&t).expect("serializes");
+        if !verdicts.is_empty() {
+            doc["policy"] = verdicts
+                .iter()
+                .map(|(to, v)| serde_json::json!({ "to": to, "verdict": v }))
+                .collect();
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("serializes")
+        );
     } else {
         print!("{}", t.render());
-    }
-    // The NetworkPolicy verdict, from the model weftd compiles its table from.
-    if let Some(port) = a.port {
-        let path = format!(
-            "/policy/verdict?src={}&dst={}&proto={}&port={port}",
-            a.src, a.dst, a.proto
-        );
-        match http::get_blocking(a.listen, &path) {
-            Ok((200, verdict)) => println!("policy:  {}", verdict.trim()),
-            Ok((_, why)) => println!("policy:  {}", why.trim()),
-            Err(e) => println!("policy:  weftd on {} not reachable: {e}", a.listen),
+        for (to, verdict) in &verdicts {
+            if t.services.is_empty() {
+                println!("policy:  {verdict}");
+            } else {
+                println!("policy (to {to}):  {verdict}");
+            }
         }
     }
     if t.ok {

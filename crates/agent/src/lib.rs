@@ -4,7 +4,8 @@
 //!
 //! One idea per module: `datastore` (where CIDRs and peers come from), `backend` (peer ->
 //! kernel objects), `reconcile` (kernel diff and apply), `vxlan` (the VTEP), `cniconf` (the
-//! conflist), `agent` (the loop), `http`/`metrics` (what operators see), `cli` (the rest).
+//! conflist), `agent` (the loop), `http`/`metrics` (what operators see), `trace` and
+//! `kubeproxy` (a packet's path, through kube-proxy's Service NAT), `cli` (the rest).
 
 pub mod agent;
 pub mod backend;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod files;
 pub mod http;
+pub mod kubeproxy;
 pub mod metrics;
 pub mod node;
 pub mod policy;

@@ -4,9 +4,13 @@
 //! entries, and the firewall driver's live view of weft's rules. A node sees only its own
 //! kernel: when the packet leaves for a peer, the trace says which one (`next_node`), and
 //! `weftd trace --arriving` on that peer (or `weft-lab trace`, which does both) continues.
+//! A destination that is a Service (ClusterIP or NodePort) is first followed through
+//! kube-proxy's DNAT as the kernel's nat table holds it ([`crate::kubeproxy`]), then the path
+//! to each endpoint.
 
 use crate::backend::RTPROT_WEFT;
 use crate::cniconf::NETWORK_NAME;
+use crate::kubeproxy::{self, KubeProxyRules, ServiceNat};
 use crate::vxlan;
 use ipnet::IpNet;
 use serde::Serialize;
@@ -27,6 +31,11 @@ pub struct TraceContext {
     pub firewall: Option<String>,
     /// Peer names by underlay IP (from the agent's status), for readable output.
     pub peers: Vec<(String, IpAddr)>,
+    /// kube-proxy's rules (iptables mode), when this node has them.
+    pub kube_proxy: Option<KubeProxyRules>,
+    /// The destination (protocol, port), when given: the Service port to follow. Without
+    /// it, every port kube-proxy has for the destination.
+    pub port: Option<(String, u16)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +53,12 @@ pub struct Trace {
     /// The underlay address of the node the packet goes to next, if it leaves this node.
     pub next_node: Option<IpAddr>,
     pub ok: bool,
+    /// DST is a Service: what kube-proxy's rules do with the packet.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceNat>,
+    /// DST is a Service: the path to each endpoint it is DNATed to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Trace>,
 }
 
 impl Trace {
@@ -60,10 +75,7 @@ impl Trace {
         use std::fmt::Write;
         let mut o = String::new();
         let _ = writeln!(o, "trace {} -> {}", self.src, self.dst);
-        for (i, h) in self.hops.iter().enumerate() {
-            let mark = if h.ok { " " } else { "!" };
-            let _ = writeln!(o, "{mark}{:>2}. {:<14} {}", i + 1, h.step, h.detail);
-        }
+        self.render_hops(&mut o, "");
         let _ = writeln!(
             o,
             "{}",
@@ -74,6 +86,18 @@ impl Trace {
             }
         );
         o
+    }
+
+    fn render_hops(&self, o: &mut String, indent: &str) {
+        use std::fmt::Write;
+        for (i, h) in self.hops.iter().enumerate() {
+            let mark = if h.ok { " " } else { "!" };
+            let _ = writeln!(o, "{indent}{mark}{:>2}. {:<14} {}", i + 1, h.step, h.detail);
+        }
+        for e in &self.endpoints {
+            let _ = writeln!(o, "{indent}   to endpoint {}:", e.dst);
+            e.render_hops(o, &format!("{indent}      "));
+        }
     }
 }
 
@@ -109,6 +133,7 @@ fn peer_name(ctx: &TraceContext, ip: IpAddr) -> String {
 
 /// Traces `src -> dst` on this node. `arriving`: the packet comes in from the underlay (the
 /// second half of a cross-node trace) rather than from a local pod or the node itself.
+/// A Service destination is followed through kube-proxy's DNAT to each endpoint.
 pub fn trace(
     nl: &mut Netlink,
     ctx: &TraceContext,
@@ -116,13 +141,121 @@ pub fn trace(
     dst: IpAddr,
     arriving: bool,
 ) -> Trace {
-    let mut t = Trace {
+    // Pod addresses are never Services: only other destinations are looked up.
+    if let Some(rules) = ctx
+        .kube_proxy
+        .as_ref()
+        .filter(|_| in_cluster(ctx, dst).is_none())
+    {
+        if let Some(t) = through_service(nl, ctx, rules, src, dst, arriving) {
+            return t;
+        }
+    }
+    path(nl, ctx, src, dst, arriving)
+}
+
+fn empty_trace(src: IpAddr, dst: IpAddr) -> Trace {
+    Trace {
         src,
         dst,
         hops: Vec::new(),
         next_node: None,
         ok: true,
+        services: Vec::new(),
+        endpoints: Vec::new(),
+    }
+}
+
+/// `dst` as a Service: kube-proxy's DNAT (nat table, PREROUTING/OUTPUT come before routing),
+/// then [`path`] to each endpoint. None when no Service rule takes the packet.
+fn through_service(
+    nl: &mut Netlink,
+    ctx: &TraceContext,
+    rules: &KubeProxyRules,
+    src: IpAddr,
+    dst: IpAddr,
+    arriving: bool,
+) -> Option<Trace> {
+    let mut is_local = |ip: IpAddr| nl.route_get(ip).is_ok_and(|r| r.kind == RTN_LOCAL);
+    let dst_local = is_local(dst);
+    let src_local = !arriving && local_pod(ctx, src).is_none() && is_local(src);
+    let ports = match &ctx.port {
+        Some((proto, port)) => vec![(proto.clone(), *port)],
+        None => kubeproxy::service_ports(rules, dst, dst_local),
     };
+    let nats: Vec<ServiceNat> = ports
+        .into_iter()
+        .filter_map(|(proto, dport)| {
+            let p = kubeproxy::Packet {
+                src,
+                dst,
+                proto,
+                dport,
+                src_local,
+                dst_local,
+            };
+            kubeproxy::service_nat(rules, &p)
+        })
+        .collect();
+    if nats.is_empty() {
+        return None;
+    }
+    let mut t = empty_trace(src, dst);
+    for s in &nats {
+        let what = format!("{dst}:{}/{} = {}", s.port, s.proto, s.service);
+        if s.endpoints.is_empty() {
+            let why = s.rejected.as_deref().unwrap_or("no endpoint");
+            t.hop(
+                "service",
+                format!("{what}: kube-proxy ({}) refuses it: {why}", rules.backend),
+                false,
+            );
+            continue;
+        }
+        t.hop(
+            "service",
+            format!(
+                "{what}: kube-proxy ({}) DNATs new connections to {} endpoint(s)",
+                rules.backend,
+                s.endpoints.len()
+            ),
+            true,
+        );
+        for e in &s.endpoints {
+            let source = if e.masquerade {
+                "masqueraded by kube-proxy (KUBE-MARK-MASQ): the endpoint sees this node's address"
+            } else {
+                "source kept"
+            };
+            t.hop(
+                "endpoint",
+                format!(
+                    "{}:{} ({:.1}%) via {}; {source}",
+                    e.ip,
+                    e.port,
+                    e.probability * 100.0,
+                    e.chains.join(" -> ")
+                ),
+                true,
+            );
+        }
+    }
+    let mut seen = Vec::new();
+    for e in nats.iter().flat_map(|s| &s.endpoints) {
+        if !seen.contains(&e.ip) {
+            seen.push(e.ip);
+            let sub = path(nl, ctx, src, e.ip, arriving);
+            t.ok &= sub.ok;
+            t.endpoints.push(sub);
+        }
+    }
+    t.services = nats;
+    Some(t)
+}
+
+/// The path of `src -> dst` through this node's routes, bridge, VXLAN and weft's rules.
+fn path(nl: &mut Netlink, ctx: &TraceContext, src: IpAddr, dst: IpAddr, arriving: bool) -> Trace {
+    let mut t = empty_trace(src, dst);
     let links = match nl.list_links() {
         Ok(l) => l,
         Err(e) => {

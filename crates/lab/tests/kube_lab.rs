@@ -1073,58 +1073,6 @@ fn weft_lab_cli_up_kubectl_exec_down_with_kubernetes() {
     assert!(!after.status.success(), "kubectl still answers after down");
 }
 
-/// Issue 14 (first part): Services through kube-proxy (iptables mode) and weft: a ClusterIP
-/// reached from a pod on the backend's node (bridged) and from another node (host-gw) with
-/// the client pod's own address as the source the backend sees; a pod reaching itself through
-/// its own Service (hairpin, one endpoint: itself).
-#[test]
-fn cluster_ip_services_work_through_weft_from_every_node_and_hairpin() {
-    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
-    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
-    let web = c
-        .add_kube_pod("n1", "web")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let near = c
-        .add_kube_pod("n1", "near")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let far = c
-        .add_kube_pod("n2", "far")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let cp = c.control_plane().unwrap();
-    cp.kubectl(&["label", "pod", "web", "svc=web"]).unwrap();
-    let svc = r#"{"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"selector": {"svc": "web"},
-                 "ports": [{"protocol": "TCP", "port": 80, "targetPort": 8080}]}}"#;
-    cp.kubectl_stdin(&["apply", "-f", "-"], Some(svc.as_bytes()))
-        .unwrap();
-    let cluster_ip: std::net::IpAddr = cp
-        .kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let vip = std::net::SocketAddr::new(cluster_ip, 80);
-    for (who, from) in [("same node", &near), ("other node", &far)] {
-        let (name, source) = wait_for_answer(
-            &format!("{who} reaches the ClusterIP"),
-            from.netns.handle(),
-            vip,
-            Duration::from_secs(30),
-        );
-        assert_eq!(name, "web", "{who}: answered by {name}");
-        assert_eq!(
-            source,
-            from.ipv4().unwrap().to_string(),
-            "{who}: the backend must see the client pod's address (no SNAT pod to Service)"
-        );
-    }
-    // Hairpin: web reaches itself through its own Service (kube-proxy masquerades hairpin
-    // traffic; weft's bridge port has hairpin mode on).
-    let (who, _) = wait_for_answer("hairpin", web.netns.handle(), vip, Duration::from_secs(10));
-    assert_eq!(who, "web");
-}
-
 /// One TCP exchange with an agnhost from any netns: (who answered, the source it saw).
 fn agnhost_answer_from(
     ns: &weft_netops::netns::NetNs,
@@ -1143,99 +1091,835 @@ fn agnhost_answer_from(
     .flatten()
 }
 
-/// Waits (up to `timeout`) for an agnhost at `to` to answer from `ns`; (who, source seen).
-fn wait_for_answer(
-    what: &str,
+/// Tries an agnhost exchange from `ns` until one succeeds; None after `timeout`.
+fn answer_within(
     ns: &weft_netops::netns::NetNs,
     to: std::net::SocketAddr,
     timeout: Duration,
-) -> (String, String) {
-    let mut last = None;
-    wait_until(what, timeout, || {
-        last = agnhost_answer_from(ns, to);
-        last.is_some()
-            .then_some(())
-            .ok_or_else(|| "no answer".to_string())
-    });
-    last.unwrap()
+) -> Option<(String, String)> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(a) = agnhost_answer_from(ns, to) {
+            return Some(a);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
-/// Issue 14 (second part): NodePort from the world host, through a node that has no endpoint
-/// (the backend sees that node's address: kube-proxy masquerades) and, with
-/// `externalTrafficPolicy: Local`, through the backend's node with the client's own address
-/// (a node without an endpoint does not answer).
-#[test]
-fn node_ports_work_from_the_world_through_weft() {
-    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
-    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
-    c.add_kube_pod("n1", "web")
-        .unwrap_or_else(|e| panic!("{e}"));
+/// Creates Service `name` selecting pods labelled `selector` (`key=value`), TCP 80 -> 8080;
+/// `node_port`: `Some(externalTrafficPolicy)` makes it a NodePort Service. Returns its
+/// ClusterIP and node port.
+fn apply_service(
+    c: &Cluster,
+    name: &str,
+    selector: &str,
+    node_port: Option<&str>,
+) -> (std::net::IpAddr, Option<u16>) {
+    let (k, v) = selector.split_once('=').unwrap();
+    let mut spec = json!({
+        "selector": { k: v },
+        "ports": [{ "protocol": "TCP", "port": 80, "targetPort": 8080 }],
+    });
+    if let Some(policy) = node_port {
+        spec["type"] = json!("NodePort");
+        spec["externalTrafficPolicy"] = json!(policy);
+    }
+    let doc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": spec,
+    });
     let cp = c.control_plane().unwrap();
-    cp.kubectl(&["label", "pod", "web", "svc=web"]).unwrap();
-    let service = |name: &str, policy: &str| {
-        format!(
-            r#"{{"apiVersion": "v1", "kind": "Service",
-                "metadata": {{"name": "{name}", "namespace": "default"}},
-                "spec": {{"type": "NodePort", "externalTrafficPolicy": "{policy}",
-                         "selector": {{"svc": "web"}},
-                         "ports": [{{"protocol": "TCP", "port": 80, "targetPort": 8080}}]}}}}"#
-        )
-    };
-    let node_port = |name: &str| -> u16 {
-        cp.kubectl(&[
-            "get",
-            "service",
-            name,
-            "-o",
-            "jsonpath={.spec.ports[0].nodePort}",
-        ])
+    cp.kubectl_stdin(&["apply", "-f", "-"], Some(doc.to_string().as_bytes()))
+        .unwrap_or_else(|e| panic!("Service {name}: {e}"));
+    let svc = cp.get_json(&["service", name]).unwrap();
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+    let port = svc["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .map(|p| p as u16);
+    (ip, port)
+}
+
+/// Node `node`'s pod CIDR (nodeipam's).
+fn pod_cidr(c: &Cluster, node: &str) -> ipnet::Ipv4Net {
+    c.control_plane()
         .unwrap()
-        .trim()
+        .get_json(&["node", node])
+        .unwrap()["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
         .parse()
         .unwrap()
-    };
-    for (name, policy) in [("web-cluster", "Cluster"), ("web-local", "Local")] {
-        cp.kubectl_stdin(
-            &["apply", "-f", "-"],
-            Some(service(name, policy).as_bytes()),
-        )
+}
+
+/// The pods' gateway on `node`: the first address of its pod CIDR, on weft's bridge.
+fn pod_gateway(c: &Cluster, node: &str) -> String {
+    let net = pod_cidr(c, node).network();
+    std::net::Ipv4Addr::from(u32::from(net) + 1).to_string()
+}
+
+/// `weftd trace ARGS --output json` in the weft DaemonSet's pod on `node` (kubectl exec).
+fn weftd_trace(c: &Cluster, node: &str, args: &[String]) -> Value {
+    let cp = c.control_plane().unwrap();
+    let pods = cp.get_json(&["pods", "-n", "weft"]).unwrap();
+    let pod = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["spec"]["nodeName"] == node)
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .unwrap_or_else(|| panic!("no weft pod on {node}"))
+        .to_string();
+    let mut cmd = vec![
+        "-n", "weft", "exec", &pod, "-c", "weftd", "--", "weftd", "trace",
+    ];
+    cmd.extend(args.iter().map(String::as_str));
+    cmd.extend(["--output", "json"]);
+    // A broken path exits non-zero; its JSON is still the answer.
+    let out = cp
+        .kubectl_command()
+        .args(&cmd)
+        .stdin(std::process::Stdio::null())
+        .output()
         .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "weftd trace {args:?} on {node}: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// One row of the Services matrix: who answered and which source address it saw, against
+/// what was expected (None: no answer).
+struct Row {
+    case: String,
+    got: Option<(String, String)>,
+    want: Option<(String, String)>,
+}
+
+fn want(who: &str, source: impl ToString) -> Option<(String, String)> {
+    Some((who.to_string(), source.to_string()))
+}
+
+fn matrix_table(rows: &[Row]) -> String {
+    let show = |a: &Option<(String, String)>| match a {
+        Some((who, src)) => format!("{who} saw {src}"),
+        None => "no answer".into(),
+    };
+    rows.iter()
+        .map(|r| {
+            format!(
+                "{} {:<58} {:<28} (want {})\n",
+                if r.got == r.want { " " } else { "!" },
+                r.case,
+                show(&r.got),
+                show(&r.want)
+            )
+        })
+        .collect()
+}
+
+/// Issue 14: Services through kube-proxy (iptables mode) and weft with weft's firewall
+/// driver `firewall`, on n1 and n2 (host-gw) and the far node n3 (VXLAN). Every case checks
+/// who answered and the source address the backend saw:
+/// - pod -> ClusterIP keeps the client pod's address (same node, other node, over VXLAN both
+///   ways);
+/// - hairpin (a pod reaching itself through a Service, as the only endpoint and as one of
+///   two) is masqueraded by kube-proxy to the pod gateway on the pod's node; the other
+///   endpoint of two sees the client pod's address;
+/// - NodePort (externalTrafficPolicy Cluster) from the world is masqueraded by kube-proxy to
+///   the address of the interface the forwarding node sends it out of: the node's underlay
+///   address towards a host-gw peer, its pod gateway when the backend is local, its VTEP
+///   address over VXLAN;
+/// - externalTrafficPolicy Local keeps the client's address, and a node without an endpoint
+///   does not answer.
+fn services_through_kube_proxy(firewall: &str) {
+    use std::net::{IpAddr, SocketAddr};
+    let t0 = std::time::Instant::now();
+    let mut cfg = kube(2, true);
+    cfg.firewall = firewall.into();
+    let mut c = Cluster::build(cfg).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    // weftd runs the driver the ConfigMap names on every node, its rules in place.
+    for n in ["n1", "n2", "n3"] {
+        let (_, body) = agent_get(&c, n, "/status");
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let driver = v["firewall"]["driver"].as_str().unwrap_or_default();
+        assert!(
+            driver.starts_with(firewall) && v["firewall"]["in_place"] == true,
+            "{n}: weftd firewall {} (want {firewall})",
+            v["firewall"]
+        );
     }
-    let (cluster_port, local_port) = (node_port("web-cluster"), node_port("web-local"));
-    let n1 = std::net::IpAddr::V4(c.node("n1").unwrap().underlay_ip);
-    let n2 = std::net::IpAddr::V4(c.node("n2").unwrap().underlay_ip);
+    let mut pods = std::collections::HashMap::new();
+    for (node, name) in [
+        ("n1", "web"),
+        ("n1", "near"),
+        ("n2", "far"),
+        ("n2", "mate"),
+        ("n3", "distant"),
+    ] {
+        let p = c.add_kube_pod(node, name).unwrap_or_else(|e| panic!("{e}"));
+        pods.insert(name, p);
+    }
+    eprintln!("[{firewall}] lab and 5 pods up after {:.1?}", t0.elapsed());
+    let cp = c.control_plane().unwrap();
+    for (pod, labels) in [
+        ("web", &["svc=web", "pair=yes"][..]),
+        ("mate", &["pair=yes"]),
+        ("distant", &["svc=distant"]),
+    ] {
+        let mut args = vec!["label", "pod", pod];
+        args.extend(labels);
+        cp.kubectl(&args).unwrap();
+    }
+    let (web_ip, _) = apply_service(&c, "web", "svc=web", None);
+    let (pair_ip, _) = apply_service(&c, "pair", "pair=yes", None);
+    let (distant_ip, _) = apply_service(&c, "distant", "svc=distant", None);
+    let (_, cluster_port) = apply_service(&c, "web-cluster", "svc=web", Some("Cluster"));
+    let (_, local_port) = apply_service(&c, "web-local", "svc=web", Some("Local"));
+    let (cluster_port, local_port) = (cluster_port.unwrap(), local_port.unwrap());
+    let ip = |name: &str| pods[name].ipv4().unwrap().to_string();
+    let node_ip = |n: &str| IpAddr::V4(c.node(n).unwrap().underlay_ip);
+    let ns = |name: &str| pods[name].netns.handle();
     let world = c.world.handle();
-
-    // Cluster: through n2, which has no endpoint; the backend sees n2's address.
-    let (who, source) = wait_for_answer(
-        "NodePort through n2",
-        world,
-        std::net::SocketAddr::new(n2, cluster_port),
-        Duration::from_secs(30),
+    let vip = |ip: IpAddr| SocketAddr::new(ip, 80);
+    // The first answer of each case waits for kube-proxy's sync (and the endpoints).
+    let sync = Duration::from_secs(30);
+    let gw1 = pod_gateway(&c, "n1");
+    // n3 (the far node, behind the router) is a VXLAN peer of n1 (`auto` backend).
+    let (_, body) = agent_get(&c, "n1", "/status");
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let path_to_n3 = v["last_reconcile"]["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "n3")
+        .map(|p| p["path"].clone());
+    assert_eq!(path_to_n3, Some(json!("vxlan")), "n1's path to n3: {body}");
+    let vtep3 = pod_cidr(&c, "n3").network().to_string();
+    let mut rows = Vec::new();
+    let mut row = |case: &str, got, want| {
+        rows.push(Row {
+            case: case.into(),
+            got,
+            want,
+        })
+    };
+    let t_cases = std::time::Instant::now();
+    row(
+        "ClusterIP, client on the backend's node (bridged)",
+        answer_within(ns("near"), vip(web_ip), sync),
+        want("web", ip("near")),
     );
-    assert_eq!(who, "web");
-    assert_eq!(
-        source,
-        n2.to_string(),
-        "masqueraded to the node that forwarded"
+    row(
+        "ClusterIP, client on another node (host-gw)",
+        answer_within(ns("far"), vip(web_ip), sync),
+        want("web", ip("far")),
     );
-
-    // Local: the client's own address through the backend's node; nothing through n2.
-    let (who, source) = wait_for_answer(
-        "Local NodePort through n1",
-        world,
-        std::net::SocketAddr::new(n1, local_port),
-        Duration::from_secs(30),
+    row(
+        "ClusterIP, hairpin: the pod is the only endpoint",
+        answer_within(ns("web"), vip(web_ip), sync),
+        want("web", &gw1),
     );
-    assert_eq!(who, "web");
-    assert_eq!(
-        source,
-        weft_lab::cluster::WORLD_IP.to_string(),
-        "externalTrafficPolicy: Local keeps the client's address"
+    // Two endpoints, one of them the client: both answer in turn (kube-proxy picks at random).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        if let Some(a) = answer_within(ns("web"), vip(pair_ip), sync) {
+            seen.insert(a);
+        }
+        if seen.len() >= 2 {
+            break;
+        }
+    }
+    let seen_from = |who: &str| seen.iter().find(|(w, _)| w == who).cloned();
+    row(
+        "ClusterIP, 2 endpoints, hairpin to itself",
+        seen_from("web"),
+        want("web", &gw1),
     );
-    assert_eq!(
-        agnhost_answer_from(world, std::net::SocketAddr::new(n2, local_port)),
+    row(
+        "ClusterIP, 2 endpoints, the other (on n2)",
+        seen_from("mate"),
+        want("mate", ip("web")),
+    );
+    row(
+        "NodePort from the world via n2 (no endpoint, host-gw)",
+        answer_within(world, SocketAddr::new(node_ip("n2"), cluster_port), sync),
+        want("web", node_ip("n2")),
+    );
+    row(
+        "NodePort from the world via n1 (the backend's node)",
+        answer_within(world, SocketAddr::new(node_ip("n1"), cluster_port), sync),
+        want("web", &gw1),
+    );
+    row(
+        "NodePort Local from the world via n1 (endpoint here)",
+        answer_within(world, SocketAddr::new(node_ip("n1"), local_port), sync),
+        want("web", weft_lab::cluster::WORLD_IP),
+    );
+    // Once n1 answered, n2's rules are in place too: one try.
+    row(
+        "NodePort Local from the world via n2 (no endpoint)",
+        agnhost_answer_from(world, SocketAddr::new(node_ip("n2"), local_port)),
         None,
-        "a node without an endpoint must not answer a Local NodePort"
     );
+    row(
+        "ClusterIP, client on the far node n3 (VXLAN to n1)",
+        answer_within(ns("distant"), vip(web_ip), sync),
+        want("web", ip("distant")),
+    );
+    row(
+        "ClusterIP on the far node, client on n1 (VXLAN to n3)",
+        answer_within(ns("near"), vip(distant_ip), sync),
+        want("distant", ip("near")),
+    );
+    row(
+        "NodePort from the world via n3 (VXLAN to n1)",
+        answer_within(world, SocketAddr::new(node_ip("n3"), cluster_port), sync),
+        want("web", &vtep3),
+    );
+    // `weftd trace` (weft's own image, in its DaemonSet pod) follows kube-proxy's DNAT from
+    // the kernel's nat table to the endpoints and the path to each.
+    let t_trace = std::time::Instant::now();
+    let svc_trace = |node: &str, args: &[String]| {
+        let t = weftd_trace(&c, node, args);
+        let eps: Vec<(String, bool)> = t["services"][0]["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    format!("{}:{}", e["ip"].as_str().unwrap(), e["port"]),
+                    e["masquerade"] == true,
+                )
+            })
+            .collect();
+        let paths: Vec<&str> = t["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["dst"].as_str())
+            .collect();
+        assert_eq!(t["ok"], true, "{node}: trace {args:?}: {t:#}");
+        let mut paths: Vec<String> = paths.into_iter().map(String::from).collect();
+        paths.sort();
+        (eps, paths, t)
+    };
+    let arg = |v: &dyn ToString| v.to_string();
+    let (eps, paths, t) = svc_trace("n1", &[ip("near"), arg(&web_ip), arg(&"--port"), arg(&80)]);
+    assert_eq!(eps, [(format!("{}:8080", ip("web")), false)], "near -> web");
+    assert_eq!(paths, [ip("web")]);
+    // kube-proxy uses the machine's `iptables`: the nft backend here.
+    let first = t["hops"][0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        first.contains("= default/web") && first.contains("kube-proxy (iptables-nft)"),
+        "{first}"
+    );
+    // With --port, the NetworkPolicy verdict for the endpoint, inside the one JSON document.
+    assert_eq!(t["policy"][0]["to"], format!("{}:8080", ip("web")), "{t:#}");
+    assert!(
+        t["policy"][0]["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("allowed")),
+        "{t:#}"
+    );
+    let (mut eps, paths, _) = svc_trace("n1", &[ip("web"), arg(&pair_ip)]);
+    eps.sort();
+    let mut want_pair = vec![
+        (format!("{}:8080", ip("web")), true),
+        (format!("{}:8080", ip("mate")), false),
+    ];
+    want_pair.sort();
+    assert_eq!(eps, want_pair, "web -> pair (hairpin masqueraded)");
+    assert_eq!(paths.len(), 2);
+    let (eps, _, _) = svc_trace(
+        "n2",
+        &[
+            arg(&weft_lab::cluster::WORLD_IP),
+            arg(&node_ip("n2")),
+            arg(&"--port"),
+            arg(&cluster_port),
+            arg(&"--arriving"),
+        ],
+    );
+    assert_eq!(
+        eps,
+        [(format!("{}:8080", ip("web")), true)],
+        "NodePort via n2"
+    );
+    eprintln!("[{firewall}] 3 traces in {:.1?}", t_trace.elapsed());
+    eprintln!(
+        "[{firewall}] {} cases in {:.1?}; total {:.1?}\n{}",
+        rows.len(),
+        t_cases.elapsed(),
+        t0.elapsed(),
+        matrix_table(&rows)
+    );
+    let wrong: Vec<&Row> = rows.iter().filter(|r| r.got != r.want).collect();
+    assert!(
+        wrong.is_empty(),
+        "[{firewall}] Services matrix:\n{}",
+        matrix_table(&rows)
+    );
+}
+
+#[test]
+fn services_through_kube_proxy_with_weft_nftables_firewall() {
+    services_through_kube_proxy("nftables");
+}
+
+#[test]
+fn services_through_kube_proxy_with_weft_iptables_firewall() {
+    services_through_kube_proxy("iptables");
+}
+
+/// What one connection attempt to a Service ended with.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    /// agnhost answered with its pod name.
+    Answer(String),
+    /// ECONNREFUSED (kube-proxy's REJECT for a Service without endpoints, or a closed port).
+    Refused,
+    /// No answer within the attempt's timeout.
+    TimedOut,
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+struct Attempt {
+    started: std::time::Instant,
+    took: Duration,
+    outcome: Outcome,
+}
+
+impl Attempt {
+    /// When its outcome was known (a connection may succeed only on a retransmitted SYN).
+    fn ended(&self) -> std::time::Instant {
+        self.started + self.took
+    }
+}
+
+/// Per attempt: connect and read at most this long each, so no attempt hangs. Longer than
+/// TCP's first SYN retransmission (1 s): kube-proxy REJECTs with ICMP port unreachable, which
+/// the kernel rate-limits per destination (`icmp_ratelimit` 1 s, a burst of 6), so a client
+/// connecting many times a second to a Service without endpoints gets some refusals only on
+/// the retransmitted SYN.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn attempt(to: std::net::SocketAddr) -> Outcome {
+    use std::io::{BufRead, ErrorKind};
+    let s = match std::net::TcpStream::connect_timeout(&to, ATTEMPT_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Outcome::Refused,
+        Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+            return Outcome::TimedOut
+        }
+        Err(e) => return Outcome::Failed(format!("connect: {e}")),
+    };
+    if let Err(e) = s.set_read_timeout(Some(ATTEMPT_TIMEOUT)) {
+        return Outcome::Failed(format!("set timeout: {e}"));
+    }
+    let mut line = String::new();
+    match std::io::BufReader::new(s).read_line(&mut line) {
+        Ok(_) => match line.split_whitespace().next() {
+            Some(name) => Outcome::Answer(name.to_string()),
+            None => Outcome::Failed("closed without an answer".into()),
+        },
+        Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+            Outcome::TimedOut
+        }
+        Err(e) => Outcome::Failed(format!("read: {e}")),
+    }
+}
+
+/// A client connecting to `to` again and again from a pod's netns (a thread of its own),
+/// recording every attempt, until dropped.
+struct ClientLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Attempt>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClientLoop {
+    fn start(ns: &weft_netops::netns::NetNs, to: std::net::SocketAddr) -> ClientLoop {
+        use std::os::fd::{AsFd, AsRawFd};
+        use std::sync::atomic::Ordering;
+        let fd = ns.as_fd().try_clone_to_owned().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, log2) = (stop.clone(), log.clone());
+        let thread = std::thread::spawn(move || {
+            // SAFETY: plain syscall on a valid fd; affects only this thread.
+            assert_eq!(
+                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns into the client pod"
+            );
+            while !stop2.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let outcome = attempt(to);
+                log2.lock().unwrap().push(Attempt {
+                    started,
+                    took: started.elapsed(),
+                    outcome,
+                });
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        ClientLoop {
+            stop,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    /// The attempts that started at or after `t`.
+    fn since(&self, t: std::time::Instant) -> Vec<Attempt> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|a| a.started >= t).cloned().collect()
+    }
+
+    fn all(&self) -> Vec<Attempt> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ClientLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The ready endpoints of Service `name` by pod name.
+fn endpoint_pods(cp: &ControlPlane, name: &str) -> std::collections::BTreeSet<String> {
+    let ep = cp.get_json(&["endpoints", name]).unwrap_or(Value::Null);
+    ep["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
+        .filter_map(|a| a["targetRef"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// Pods labelled `app=<app>`: name -> (IP, node), those that have an IP.
+fn labelled_pods(
+    cp: &ControlPlane,
+    app: &str,
+) -> std::collections::BTreeMap<String, (String, String)> {
+    let pods = cp
+        .get_json(&["pods", "-l", &format!("app={app}")])
+        .unwrap_or(Value::Null);
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["metadata"]["name"].as_str()?.to_string(),
+                (
+                    p["status"]["podIP"].as_str()?.to_string(),
+                    p["spec"]["nodeName"].as_str()?.to_string(),
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn answered_by(attempts: &[Attempt]) -> std::collections::BTreeSet<String> {
+    attempts
+        .iter()
+        .filter_map(|a| match &a.outcome {
+            Outcome::Answer(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (answers, refused, timed out, failed) among `attempts`.
+fn tally(attempts: &[Attempt]) -> (usize, usize, usize, usize) {
+    let count = |f: &dyn Fn(&Outcome) -> bool| attempts.iter().filter(|a| f(&a.outcome)).count();
+    (
+        count(&|o| matches!(o, Outcome::Answer(_))),
+        count(&|o| *o == Outcome::Refused),
+        count(&|o| *o == Outcome::TimedOut),
+        count(&|o| matches!(o, Outcome::Failed(_))),
+    )
+}
+
+/// The attempts of the next `window` (waits for them).
+fn steady_window(client: &ClientLoop, window: Duration) -> Vec<Attempt> {
+    let t = std::time::Instant::now();
+    std::thread::sleep(window);
+    client.since(t)
+}
+
+/// Issue 14: a Deployment's endpoints change under a client that keeps connecting to its
+/// ClusterIP (every attempt bounded by [`ATTEMPT_TIMEOUT`]): scaled 1 -> 3 -> 0 -> 1. Answers
+/// only ever come from pods that were endpoints; once kube-proxy synced, from the current
+/// ones only; at 0 replicas connections are refused at once (kube-proxy's REJECT), not left
+/// to time out; the deleted pods leave no IPAM reservation, host veth, /32 route or
+/// permanent neighbour on any node, and weft's own kernel objects are as before. Figures
+/// (time from each scale to the new state answering) are printed.
+#[test]
+fn service_endpoints_follow_a_deployment_scaled_under_a_client_loop() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Instant;
+    let mut c = Cluster::build(kube(2, false)).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    let client = c
+        .add_kube_pod("n1", "client")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let nodes = ["n1", "n2"];
+    let baseline: Vec<(Vec<String>, usize)> = nodes
+        .iter()
+        .map(|n| {
+            let ns = c.node(n).unwrap().ns();
+            (weft_kernel_objects(ns), weft_veths(ns).len())
+        })
+        .collect();
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "echo", "namespace": "default" },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "echo" } },
+            "template": {
+                "metadata": { "labels": { "app": "echo" } },
+                "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "automountServiceAccountToken": false,
+                    "containers": [weft_lab::kube::lab::agnhost_container()],
+                },
+            },
+        },
+    });
+    let cp = c.control_plane().unwrap();
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(deployment.to_string().as_bytes()),
+    )
+    .unwrap();
+    let (vip, _) = apply_service(&c, "echo", "app=echo", None);
+    let vip = std::net::SocketAddr::new(vip, 80);
+    let client_loop = ClientLoop::start(client.netns.handle(), vip);
+    let run_start = Instant::now();
+    let mut scaled_at = Vec::new();
+    // Every pod that was ever an endpoint, and every Deployment pod's (IP, node).
+    let mut ever: BTreeSet<String> = BTreeSet::new();
+    let mut pods: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // Figures count from the start of `kubectl scale` (the API write is inside it).
+    let scale = |n: u32| {
+        let t = Instant::now();
+        cp.kubectl(&["scale", "deployment", "echo", &format!("--replicas={n}")])
+            .unwrap();
+        t
+    };
+    let mut figures = Vec::new();
+
+    // 1 replica: it answers.
+    let t = Instant::now();
+    wait_until("1 endpoint answers", Duration::from_secs(90), || {
+        let eps = endpoint_pods(cp, "echo");
+        ever.extend(eps.iter().cloned());
+        pods.extend(labelled_pods(cp, "echo"));
+        let answered = answered_by(&client_loop.since(t));
+        (eps.len() == 1 && eps.is_subset(&answered))
+            .then_some(())
+            .ok_or_else(|| format!("endpoints {eps:?}, answered {answered:?}"))
+    });
+    let first: BTreeSet<String> = endpoint_pods(cp, "echo");
+
+    // 1 -> 3: all three answer; then only they do.
+    let t = scale(3);
+    scaled_at.push((3, t.duration_since(run_start)));
+    let mut t_eps = None;
+    wait_until("3 endpoints answer", Duration::from_secs(90), || {
+        let eps = endpoint_pods(cp, "echo");
+        ever.extend(eps.iter().cloned());
+        pods.extend(labelled_pods(cp, "echo"));
+        if eps.len() == 3 && t_eps.is_none() {
+            t_eps = Some(t.elapsed());
+        }
+        let answered = answered_by(&client_loop.since(t));
+        (eps.len() == 3 && eps.is_subset(&answered))
+            .then_some(())
+            .ok_or_else(|| format!("endpoints {eps:?}, answered {answered:?}"))
+    });
+    let three = endpoint_pods(cp, "echo");
+    let attempts = client_loop.since(t);
+    for new in three.difference(&first) {
+        let at = attempts
+            .iter()
+            .find(|a| a.outcome == Outcome::Answer(new.clone()))
+            .map(|a| a.ended().duration_since(t));
+        figures.push(format!(
+            "1->3: first answer from new endpoint {new} after {at:.1?}"
+        ));
+    }
+    figures.push(format!(
+        "1->3: 3 ready endpoints after {:.1?}",
+        t_eps.unwrap()
+    ));
+    let window = steady_window(&client_loop, Duration::from_secs(2));
+    let (answers, ..) = tally(&window);
+    assert_eq!(answers, window.len(), "at 3 replicas: {window:?}");
+    assert_eq!(answered_by(&window), three, "at 3 replicas, answered by");
+
+    // 3 -> 0: kube-proxy rejects; once the pods are gone every attempt is refused at once.
+    let t = scale(0);
+    scaled_at.push((0, t.duration_since(run_start)));
+    wait_until("the pods are gone", Duration::from_secs(120), || {
+        let eps = endpoint_pods(cp, "echo");
+        let left = labelled_pods(cp, "echo");
+        (eps.is_empty() && left.is_empty())
+            .then_some(())
+            .ok_or_else(|| format!("endpoints {eps:?}, pods {left:?}"))
+    });
+    let gone = t.elapsed();
+    // kube-proxy's sync: five refusals in a row.
+    wait_until("refused at 0 replicas", Duration::from_secs(30), || {
+        let a = client_loop.all();
+        let last5: Vec<&Attempt> = a.iter().rev().take(5).collect();
+        (last5.len() == 5 && last5.iter().all(|a| a.outcome == Outcome::Refused))
+            .then_some(())
+            .ok_or_else(|| format!("last attempts {last5:?}"))
+    });
+    let transition = client_loop.since(t);
+    let first_refused = transition
+        .iter()
+        .find(|a| a.outcome == Outcome::Refused)
+        .map(|a| a.ended().duration_since(t));
+    let (a, r, to, f) = tally(&transition);
+    figures.push(format!(
+        "3->0: endpoints empty and pods gone after {gone:.1?}; first refusal after \
+         {first_refused:.1?}; meanwhile {a} answers, {r} refused, {to} timed out, {f} failed"
+    ));
+    let window = steady_window(&client_loop, Duration::from_secs(4));
+    let refused: Vec<&Attempt> = window
+        .iter()
+        .filter(|a| a.outcome == Outcome::Refused)
+        .collect();
+    assert_eq!(
+        refused.len(),
+        window.len(),
+        "at 0 replicas every attempt must be refused: {window:?}"
+    );
+    let slowest = refused.iter().map(|a| a.took).max().unwrap_or_default();
+    let at_once = refused
+        .iter()
+        .filter(|a| a.took < Duration::from_millis(100))
+        .count();
+    figures.push(format!(
+        "0: {} attempts in 4 s, all refused: {at_once} at once, the others on the SYN \
+         retransmission (ICMP rate limit); slowest {slowest:.1?}",
+        window.len()
+    ));
+
+    // Nothing left of the deleted pods on any node.
+    let deleted: BTreeMap<String, (String, String)> = pods.clone();
+    for (i, n) in nodes.iter().enumerate() {
+        let ns = c.node(n).unwrap().ns();
+        let ipam = c
+            .kube()
+            .unwrap()
+            .node(n)
+            .unwrap()
+            .host_path("/var/lib/cni/weft")
+            .unwrap();
+        let held = reservations(&ipam);
+        let mut nl = weft_netops::Netlink::in_netns(ns).unwrap();
+        let routes: Vec<String> = nl
+            .list_routes(None, Some(254))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.dst.to_string())
+            .collect();
+        let permanent: Vec<String> = nl
+            .list_neighbours(None)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.state & weft_netops::netlink::NUD_PERMANENT != 0)
+            .map(|e| e.ip.to_string())
+            .collect();
+        for (pod, (ip, _)) in &deleted {
+            assert!(
+                !held.contains(ip),
+                "{n}: {ip} of deleted {pod} still reserved"
+            );
+            assert!(
+                !routes.contains(&format!("{ip}/32")),
+                "{n}: a /32 route to deleted {pod} ({ip}) is left"
+            );
+            assert!(
+                !permanent.contains(ip),
+                "{n}: a permanent neighbour for deleted {pod} ({ip}) is left"
+            );
+        }
+        let (objects, veths) = &baseline[i];
+        assert_eq!(&weft_kernel_objects(ns), objects, "{n}: weft's objects");
+        assert_eq!(weft_veths(ns).len(), *veths, "{n}: weft host veths");
+    }
+
+    // 0 -> 1: the new pod answers, then only it does.
+    let t = scale(1);
+    scaled_at.push((1, t.duration_since(run_start)));
+    wait_until("1 endpoint answers again", Duration::from_secs(90), || {
+        let eps = endpoint_pods(cp, "echo");
+        ever.extend(eps.iter().cloned());
+        let answered = answered_by(&client_loop.since(t));
+        (eps.len() == 1 && eps.is_subset(&answered))
+            .then_some(())
+            .ok_or_else(|| format!("endpoints {eps:?}, answered {answered:?}"))
+    });
+    let again = endpoint_pods(cp, "echo");
+    assert!(again.is_disjoint(&three), "a new pod, not an old one");
+    let at = client_loop
+        .since(t)
+        .iter()
+        .find(|a| matches!(a.outcome, Outcome::Answer(_)))
+        .map(|a| a.ended().duration_since(t));
+    figures.push(format!(
+        "0->1: first answer from the new pod after {at:.1?}"
+    ));
+    let window = steady_window(&client_loop, Duration::from_secs(2));
+    assert_eq!(answered_by(&window), again, "at 1 replica, answered by");
+    assert_eq!(tally(&window).0, window.len(), "at 1 replica: {window:?}");
+
+    // Over the whole run: answers only ever from pods that were endpoints.
+    let all = client_loop.all();
+    let strangers: BTreeSet<String> = answered_by(&all).difference(&ever).cloned().collect();
+    assert!(
+        strangers.is_empty(),
+        "answers from non-endpoints {strangers:?}"
+    );
+    let slowest = all.iter().map(|a| a.took).max().unwrap_or_default();
+    let (a, r, to, f) = tally(&all);
+    // When something failed, against when the Deployment was scaled (from the loop's start).
+    let failures: Vec<String> = all
+        .iter()
+        .filter_map(|a| match &a.outcome {
+            Outcome::Failed(why) => Some(format!(
+                "{why} at {:.1?}",
+                a.started.saturating_duration_since(run_start)
+            )),
+            _ => None,
+        })
+        .collect();
+    figures.push(format!("scaled to (replicas, at): {scaled_at:.1?}"));
+    figures.push(format!(
+        "whole run: {} attempts: {a} answers, {r} refused, {to} timed out, {f} failed \
+         {failures:?}; slowest {slowest:.1?}",
+        all.len()
+    ));
+    eprintln!("{}", figures.join("\n"));
 }

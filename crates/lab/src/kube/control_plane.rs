@@ -234,8 +234,11 @@ impl ControlPlane {
             "--port=0".into(),
             "--secure-port=0".into(),
             "--leader-elect=false".into(),
-            "--controllers=nodeipam,serviceaccount-token,serviceaccount,namespace,\
-             garbagecollector,daemonset,replicaset,deployment,podgc,endpoint,endpointslice"
+            // nodelifecycle lifts the `node.kubernetes.io/not-ready` taint kubelet registers
+            // with once the Node is Ready: without it the scheduler places no pod anywhere.
+            "--controllers=nodeipam,nodelifecycle,serviceaccount-token,serviceaccount,\
+             namespace,garbagecollector,daemonset,replicaset,deployment,podgc,endpoint,\
+             endpointslice"
                 .into(),
             format!("--service-account-private-key-file={}", d(&self.pki.sa_key)),
             format!("--root-ca-file={}", d(&self.pki.ca.cert)),

@@ -4,7 +4,8 @@
 //! cluster network, and weft is installed the way users install it: its image (built offline
 //! from the workspace's binaries) imported into every node's containerd and
 //! `deploy/weft.yaml` applied with kubectl, with only the ConfigMap's `WEFT_CLUSTER_CIDRS` set
-//! to the lab's network (as the manifest tells users to).
+//! to the lab's network (as the manifest tells users to) and `WEFT_FIREWALL` to the lab's
+//! firewall driver.
 
 use super::control_plane::{ControlPlane, ControlPlaneSpec};
 use super::image;
@@ -65,28 +66,36 @@ pub fn manifest_image() -> Result<String, LabError> {
         .ok_or_else(|| LabError::Setup("deploy/weft.yaml names no image".into()))
 }
 
-/// deploy/weft.yaml with the ConfigMap's WEFT_CLUSTER_CIDRS set to `cidrs`; nothing else
-/// changes.
-pub fn patched_manifest(cidrs: &str) -> Result<String, LabError> {
-    let mut found = 0;
-    let out: Vec<String> = MANIFEST
-        .lines()
-        .map(|l| {
-            if let Some(key_at) = l.find("WEFT_CLUSTER_CIDRS: ") {
-                if !l.trim_start().starts_with('#') {
-                    found += 1;
-                    return format!("{}WEFT_CLUSTER_CIDRS: \"{cidrs}\"", &l[..key_at]);
-                }
+/// deploy/weft.yaml with ConfigMap settings replaced: each `(key, value)` must be set exactly
+/// once (uncommented) in the manifest; nothing else changes.
+pub fn patched_manifest(settings: &[(&str, &str)]) -> Result<String, LabError> {
+    let mut lines: Vec<String> = MANIFEST.lines().map(String::from).collect();
+    for (key, value) in settings {
+        // Values go into a double-quoted YAML scalar: refuse what would need escaping.
+        if value.contains(['"', '\\', '\n']) {
+            return Err(LabError::Setup(format!(
+                "ConfigMap value for {key} is not a plain string: {value:?}"
+            )));
+        }
+        let needle = format!("{key}: ");
+        let mut found = 0;
+        for l in lines.iter_mut() {
+            let Some(key_at) = l.find(&needle) else {
+                continue;
+            };
+            if l.trim_start().starts_with('#') {
+                continue;
             }
-            l.to_string()
-        })
-        .collect();
-    if found != 1 {
-        return Err(LabError::Setup(format!(
-            "deploy/weft.yaml: expected one WEFT_CLUSTER_CIDRS setting, found {found}"
-        )));
+            found += 1;
+            *l = format!("{}{key}: \"{value}\"", &l[..key_at]);
+        }
+        if found != 1 {
+            return Err(LabError::Setup(format!(
+                "deploy/weft.yaml: expected one {key} setting, found {found}"
+            )));
+        }
     }
-    Ok(out.join("\n") + "\n")
+    Ok(lines.join("\n") + "\n")
 }
 
 impl Cluster {
@@ -248,10 +257,15 @@ impl Cluster {
             })
     }
 
-    /// `kubectl apply` of deploy/weft.yaml (WEFT_CLUSTER_CIDRS = the lab's network), then
+    /// `kubectl apply` of deploy/weft.yaml (WEFT_CLUSTER_CIDRS = the lab's network,
+    /// WEFT_FIREWALL = the lab's `firewall`), then
     /// waits until the DaemonSet's pod is Ready on every node.
     pub fn deploy_weft(&mut self) -> Result<(), LabError> {
-        let manifest = patched_manifest(&self.config.network.to_string())?;
+        let network = self.config.network.to_string();
+        let manifest = patched_manifest(&[
+            ("WEFT_CLUSTER_CIDRS", &network),
+            ("WEFT_FIREWALL", &self.config.firewall),
+        ])?;
         let path = self.dir.join("weft.yaml");
         std::fs::write(&path, &manifest).map_err(io_err("write", &path))?;
         self.control_plane()?
@@ -329,6 +343,24 @@ fn node_err(kube: &mut KubeLab, name: &str, e: LabError) -> LabError {
     LabError::Setup(detail)
 }
 
+/// The lab's workload container (`weft-agnhost serve`: TCP 8080, UDP 8081, answering its pod
+/// name), for a Pod's or a Deployment's pod template.
+pub fn agnhost_container() -> Value {
+    json!({
+        "name": "main",
+        "image": image::AGNHOST_IMAGE,
+        "imagePullPolicy": "Never",
+        "env": [{
+            "name": "POD_NAME",
+            "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } },
+        }],
+        "ports": [
+            { "containerPort": image::AGNHOST_PORTS.0, "protocol": "TCP" },
+            { "containerPort": image::AGNHOST_PORTS.1, "protocol": "UDP" },
+        ],
+    })
+}
+
 /// A pod's JSON (status.podIP, spec.nodeName, ...).
 pub fn pod_json(cp: &ControlPlane, namespace: &str, name: &str) -> Result<Value, LabError> {
     cp.get_json(&["pod", "-n", namespace, name])
@@ -359,19 +391,7 @@ impl Cluster {
                 "nodeName": node,
                 "terminationGracePeriodSeconds": 2,
                 "automountServiceAccountToken": false,
-                "containers": [{
-                    "name": "main",
-                    "image": image::AGNHOST_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "env": [{
-                        "name": "POD_NAME",
-                        "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } },
-                    }],
-                    "ports": [
-                        { "containerPort": image::AGNHOST_PORTS.0, "protocol": "TCP" },
-                        { "containerPort": image::AGNHOST_PORTS.1, "protocol": "UDP" },
-                    ],
-                }],
+                "containers": [agnhost_container()],
             },
         });
         let timeout = self.config.ready_timeout;
@@ -569,4 +589,39 @@ fn task_pid_at(sock: &std::path::Path, node: &str, id: &str) -> Result<u32, LabE
                 String::from_utf8_lossy(&out.stderr)
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patched_manifest_sets_each_configmap_key_and_nothing_else() {
+        let m = patched_manifest(&[
+            ("WEFT_CLUSTER_CIDRS", "10.9.0.0/16"),
+            ("WEFT_FIREWALL", "iptables"),
+        ])
+        .unwrap();
+        assert!(
+            m.contains("\n  WEFT_CLUSTER_CIDRS: \"10.9.0.0/16\"\n"),
+            "{m}"
+        );
+        assert!(m.contains("\n  WEFT_FIREWALL: \"iptables\"\n"), "{m}");
+        let changed = MANIFEST
+            .lines()
+            .zip(m.lines())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(changed, 2);
+        assert_eq!(MANIFEST.lines().count(), m.lines().count());
+    }
+
+    #[test]
+    fn patched_manifest_refuses_unknown_keys_and_quoting() {
+        let e = patched_manifest(&[("WEFT_NOPE", "x")]).unwrap_err();
+        assert!(e.to_string().contains("WEFT_NOPE"), "{e}");
+        // Commented out in the manifest: not a setting.
+        assert!(patched_manifest(&[("WEFT_MTU", "1400")]).is_err());
+        assert!(patched_manifest(&[("WEFT_FIREWALL", "a\"b")]).is_err());
+    }
 }

@@ -77,10 +77,14 @@ fn cstr(p: &Path) -> Result<CString, LabError> {
 /// What the new mount namespace needs: overlays where a standard path's parent is missing on
 /// the machine, the missing dirs, the binds. Computed before fork (no allocation after it).
 fn mount_plan(root: &Path) -> Result<Vec<Step>, LabError> {
+    mount_plan_for(root, NODE_DIRS)
+}
+
+fn mount_plan_for(root: &Path, dirs: &[(&str, &str)]) -> Result<Vec<Step>, LabError> {
     let mut overlays: Vec<PathBuf> = Vec::new();
     let mut mkdirs: Vec<PathBuf> = Vec::new();
     let mut binds: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for (target, name) in NODE_DIRS {
+    for (target, name) in dirs {
         let target = Path::new(target);
         let src = root.join(name);
         std::fs::create_dir_all(&src).map_err(io_err("create node dir", &src))?;
@@ -93,7 +97,9 @@ fn mount_plan(root: &Path) -> Result<Vec<Step>, LabError> {
                 anc = a.parent();
             }
             let anc = anc.unwrap_or(Path::new("/"));
-            if anc == Path::new("/") || anc == Path::new("/run") {
+            // /run is an overlay like any other parent (/run/weft exists on a machine only
+            // while something made it); only / itself cannot be.
+            if anc == Path::new("/") {
                 return Err(LabError::Setup(format!(
                     "cannot give the node its own {}: its parent dirs are missing up to {}",
                     target.display(),
@@ -578,4 +584,79 @@ disabled_plugins = [
 /// Writes a kubeconfig for a ServiceAccount token (e.g. to act as weftd outside a pod).
 pub fn token_kubeconfig(cp: &ControlPlane, path: &Path, token: &str) -> Result<(), LabError> {
     certs::write_kubeconfig_token(path, &cp.url, &cp.pki.ca.cert, token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn described(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| match s {
+                Step::Overlay { target, .. } => format!("overlay {}", target.to_string_lossy()),
+                Step::Mkdir(p) => format!("mkdir {}", p.to_string_lossy()),
+                Step::Bind { dst, .. } => format!("bind {}", dst.to_string_lossy()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_missing_dir_under_run_is_made_on_an_overlay_of_run() {
+        let root = std::env::temp_dir().join(format!("weft-mount-plan-{}", std::process::id()));
+        let missing = format!("/run/weft-lab-test-missing-{}/sub", std::process::id());
+        assert!(!Path::new(&missing).exists());
+        let steps = mount_plan_for(&root, &[(missing.as_str(), "x")]);
+        let parent = Path::new(&missing).parent().unwrap().display().to_string();
+        let _ = std::fs::remove_dir_all(&root);
+        let steps = described(&steps.unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(
+            steps[..4],
+            [
+                "overlay /run".to_string(),
+                format!("mkdir {parent}"),
+                format!("mkdir {missing}"),
+                format!("bind {missing}"),
+            ]
+        );
+        // Nothing was made on the machine.
+        assert!(!Path::new(&parent).exists());
+    }
+
+    #[test]
+    fn a_path_whose_only_existing_ancestor_is_root_is_refused() {
+        let root = std::env::temp_dir().join(format!("weft-mount-plan-r-{}", std::process::id()));
+        let missing = format!("/weft-lab-test-missing-{}/x", std::process::id());
+        let r = mount_plan_for(&root, &[(missing.as_str(), "x")]);
+        let _ = std::fs::remove_dir_all(&root);
+        let e = r.err().expect("refused").to_string();
+        assert!(e.contains(&missing), "{e}");
+    }
+
+    /// Root: a process started with the plan sees the node's dir at the missing path under
+    /// /run and the rest of /run as it is; the machine gets nothing.
+    #[test]
+    fn a_process_in_the_private_mounts_sees_its_dir_under_run() {
+        let pid = std::process::id();
+        let root = std::env::temp_dir().join(format!("weft-mount-plan-p-{pid}"));
+        let missing = format!("/run/weft-lab-test-missing-{pid}-p/sub");
+        let parent = Path::new(&missing).parent().unwrap().to_path_buf();
+        let run_in_plan = |args: &[&str]| {
+            let steps = mount_plan_for(&root, &[(missing.as_str(), "x")]).unwrap();
+            std::fs::write(root.join("x").join("marker"), "").unwrap();
+            let mut cmd = Command::new("test");
+            cmd.args(args);
+            // SAFETY: enter_private_mounts only makes syscalls on data prepared before the fork.
+            unsafe {
+                cmd.pre_exec(move || enter_private_mounts(&steps));
+            }
+            cmd.status().unwrap().success()
+        };
+        let sees_marker = run_in_plan(&["-f", &format!("{missing}/marker")]);
+        let sees_lock = run_in_plan(&["-d", "/run/lock"]);
+        let _ = std::fs::remove_dir_all(&root);
+        assert!(sees_marker, "the node's dir is not at {missing}");
+        assert!(sees_lock, "/run/lock is gone under the overlay");
+        assert!(!parent.exists(), "{} made on the machine", parent.display());
+    }
 }
