@@ -41,6 +41,10 @@ pub struct ScaleReport {
     /// One local pod's labels patched -> the first nft event of weftd's transaction.
     pub relabel_to_kernel: Summary,
     pub relabel_ms: Vec<f64>,
+    /// CNI ADD of the plugin (exec'd as a runtime does) with the first-packet handshake
+    /// (weftd has the pod in its table before ADD returns) and without (no policySocket).
+    pub add_with_handshake: Summary,
+    pub add_without_handshake: Summary,
     pub vm_hwm_end_kib: u64,
     pub cpu_total_s: f64,
 }
@@ -49,7 +53,11 @@ pub struct ScaleReport {
 /// others over `PEERS` nodes in their pod CIDRs.
 fn placement(i: usize) -> (String, Ipv4Addr) {
     if i.is_multiple_of(50) {
-        (SELF.into(), Ipv4Addr::new(10, 255, 255, (i / 50 + 2) as u8))
+        // From .50 up: the plugin's IPAM hands out .2 and up to the ADDs measured here.
+        (
+            SELF.into(),
+            Ipv4Addr::new(10, 255, 255, (i / 50 + 50) as u8),
+        )
     } else {
         let node = i % PEERS + 1;
         (
@@ -411,6 +419,8 @@ fn scale_in(opts: &Options, ns: &Netns, dir: &std::path::Path) -> Result<ScaleRe
         })
     })
     .map_err(|e| format!("{e}; log:\n{}", tail()))?;
+    let (add_with, add_without) = add_cost(opts, ns, dir, &cp.admin_kubeconfig)
+        .map_err(|e| format!("{e}; log:\n{}", tail()))?;
     let vm_hwm_end_kib = proc_status_kib(pid, "VmHWM").unwrap_or(0);
     let cpu_total_s = cpu_s(pid);
     agent.stop(Duration::from_secs(5));
@@ -430,9 +440,97 @@ fn scale_in(opts: &Options, ns: &Netns, dir: &std::path::Path) -> Result<ScaleRe
                 .collect::<Vec<_>>(),
         ),
         relabel_ms,
+        add_with_handshake: summarize(&add_with),
+        add_without_handshake: summarize(&add_without),
         vm_hwm_end_kib,
         cpu_total_s,
     })
+}
+
+/// ADDs of pods on this node (their Pod objects made first, as the kubelet's are), through
+/// weftd's conflist with and without its policySocket, interleaved; then their DELs.
+fn add_cost(
+    opts: &Options,
+    ns: &Netns,
+    dir: &std::path::Path,
+    kubeconfig: &std::path::Path,
+) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    const ADDS: usize = 40;
+    let path = dir.join("net.d/10-weft.conflist");
+    let list: Value = serde_json::from_slice(
+        &std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut conf = list["plugins"][0].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf["name"] = list["name"].clone();
+    if conf.get("policySocket").is_none() {
+        return Err(format!("{} has no policySocket", path.display()));
+    }
+    let with = conf.to_string().into_bytes();
+    conf.as_object_mut().map(|o| o.remove("policySocket"));
+    let without = conf.to_string().into_bytes();
+    with_client(ns.handle(), kubeconfig.to_path_buf(), move |client| {
+        Box::pin(async move {
+            let api: Api<Pod> = Api::namespaced(client, "ns0");
+            for k in 0..ADDS {
+                let obj = parse(json!({ "metadata": { "name": format!("add-{k}") },
+                    "spec": { "nodeName": SELF, "automountServiceAccountToken": false,
+                              "containers": [{ "name": "app", "image": "registry.example.com/app:v1" }] } }));
+                api.create(&PostParams::default(), &obj)
+                    .await
+                    .map_err(|e| format!("create pod add-{k}: {e}"))?;
+            }
+            Ok(())
+        })
+    })?;
+    // Let weftd see them (the kubelet's ADD comes well after the Pod's creation).
+    std::thread::sleep(Duration::from_secs(2));
+    let runner = weft_lab::PluginRunner::new(&opts.bin_dir, ns.handle());
+    let (mut with_ms, mut without_ms) = (Vec::new(), Vec::new());
+    let mut pods = Vec::new();
+    for k in 0..ADDS {
+        let pod = Netns::new("wb-add").map_err(|e| format!("create netns: {e}"))?;
+        let handshake = k % 2 == 0;
+        let args = format!("K8S_POD_NAMESPACE=ns0;K8S_POD_NAME=add-{k}");
+        let id = format!("add-{k}");
+        let netns = pod.path();
+        let call = weft_lab::plugin::Call {
+            command: "ADD",
+            container_id: &id,
+            netns: Some(&netns),
+            ifname: "eth0",
+            args: Some(&args),
+        };
+        let conf = if handshake { &with } else { &without };
+        let t = Instant::now();
+        let out = runner
+            .exec("weft", &call, conf)
+            .map_err(|e| format!("exec weft: {e}"))?;
+        let took = t.elapsed();
+        if !out.ok() {
+            return Err(format!("weft ADD add-{k}: {} {}", out.stdout, out.stderr));
+        }
+        if handshake {
+            &mut with_ms
+        } else {
+            &mut without_ms
+        }
+        .push(took);
+        pods.push((pod, id, handshake));
+    }
+    for (pod, id, handshake) in &pods {
+        let netns = pod.path();
+        let call = weft_lab::plugin::Call {
+            command: "DEL",
+            container_id: id,
+            netns: Some(&netns),
+            ifname: "eth0",
+            args: None,
+        };
+        let _ = runner.exec("weft", &call, if *handshake { &with } else { &without });
+    }
+    Ok((with_ms, without_ms))
 }
 
 pub fn print_scale(s: &ScaleReport) {
@@ -459,6 +557,15 @@ pub fn print_scale(s: &ScaleReport) {
         s.relabel_to_kernel.max_ms,
         s.relabel_to_kernel.n
     );
+    for (what, a) in [
+        ("with the first-packet handshake", &s.add_with_handshake),
+        ("without (no policySocket)", &s.add_without_handshake),
+    ] {
+        println!(
+            "  plugin ADD {what}: p50 {:.1} ms, p99 {:.1} ms (n={})",
+            a.median_ms, a.p99_ms, a.n
+        );
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
