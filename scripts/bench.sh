@@ -9,12 +9,17 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (the benchmarks create network namespaces)" >&2; exit 1; }
 ./scripts/install-deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --quiet -p weft-plugin -p weft-agent -p weft-lab -p weft-bench
+cargo build --release --quiet -p weft-plugin -p weft-agent -p weft-lab -p weft-bench -p weft-agnhost
 BIN="$CARGO_TARGET_DIR/release"
 OUT="${OUT:-$CARGO_TARGET_DIR/bench-results}"
 mkdir -p "$OUT"
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(plugin churn datapath control-plane)
+[ ${#suites[@]} -gt 0 ] || suites=(plugin churn datapath control-plane policy)
+# The policy suite's scale and latency parts run a real Kubernetes v1.20.2 (built once, cached).
+case " ${suites[*]} " in *" policy "*)
+  WEFT_KUBE_ASSETS=$(./scripts/kube-build.sh --print-dir)
+  export WEFT_KUBE_ASSETS ;;
+esac
 for s in "${suites[@]}"; do
   echo "=== weft-bench $s"
   "$BIN/weft-bench" "$s" --json "$OUT/$s.json"
