@@ -10,7 +10,7 @@ fn run(case: &Case) -> Result<(), String> {
     let mut model = xyz_model(1);
     let mut errors = String::new();
     for (i, step) in case.steps.iter().enumerate() {
-        (step.change)(&mut model);
+        step.change.apply(&mut model);
         for (protocol, port, truth) in &step.probes {
             let expected = truth.clone().with_loopback();
             for v6 in [false, true]
