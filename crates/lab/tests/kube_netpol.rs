@@ -16,6 +16,8 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cases::{cases, Change};
@@ -606,5 +608,347 @@ fn upstream_network_policy_cases_hold_on_kubelet_pods() {
         "{} mismatches:\n{}",
         report.errors.len(),
         report.errors.join("\n")
+    );
+}
+
+/// TCP connections from a pod's netns to every address of a range, each in a loop until
+/// stopped; a hit is any sign a SYN got to the address (accepted, or refused by its kernel).
+struct Spray {
+    stop: Arc<AtomicBool>,
+    hits: Arc<Mutex<BTreeMap<IpAddr, u64>>>,
+    tries: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Spray {
+    fn start(from: &Pod, targets: Vec<IpAddr>, port: u16) -> Spray {
+        let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(Mutex::new(BTreeMap::new()));
+        let tries = Arc::new(AtomicU64::new(0));
+        let threads = targets
+            .into_iter()
+            .map(|ip| {
+                let (ns, stop, hits, tries) = (
+                    from.netns.clone(),
+                    stop.clone(),
+                    hits.clone(),
+                    tries.clone(),
+                );
+                std::thread::spawn(move || {
+                    let _ = weft_lab::probe::in_netns_thread(ns.handle(), move || {
+                        let to = SocketAddr::new(ip, port);
+                        while !stop.load(Ordering::Relaxed) {
+                            tries.fetch_add(1, Ordering::Relaxed);
+                            let r = std::net::TcpStream::connect_timeout(
+                                &to,
+                                Duration::from_millis(100),
+                            );
+                            let hit = match r {
+                                Ok(_) => true,
+                                Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+                            };
+                            if hit {
+                                *hits.lock().unwrap().entry(ip).or_default() += 1;
+                            }
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    });
+                })
+            })
+            .collect();
+        Spray {
+            stop,
+            hits,
+            tries,
+            threads,
+        }
+    }
+
+    fn hits(&self, ip: IpAddr) -> u64 {
+        self.hits.lock().unwrap().get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Spray {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn logs(c: &Cluster, ns: &str, pod: &str, container: &str) -> String {
+    c.kubectl(&["logs", "-n", ns, pod, "-c", container])
+        .unwrap_or_else(|e| panic!("kubectl logs {ns}/{pod} -c {container}: {e}"))
+}
+
+/// What the records say about a pod that must not have talked to `outsider` (or anyone):
+/// Err names every packet that got through.
+fn records_clean(
+    c: &Cluster,
+    spray: &Spray,
+    newcomer: IpAddr,
+    outsider: IpAddr,
+) -> Result<(), String> {
+    let mut bad = Vec::new();
+    if spray.hits(newcomer) > 0 {
+        bad.push(format!(
+            "{} SYNs from the sprayer reached it",
+            spray.hits(newcomer)
+        ));
+    }
+    let serve = logs(c, "locked", "newcomer", "serve");
+    bad.extend(
+        serve
+            .lines()
+            .filter(|l| l.starts_with("peer") && l.ends_with(&format!(" {outsider}")))
+            .map(|l| format!("its server logged {l:?}")),
+    );
+    let probe = logs(c, "locked", "newcomer", "probe");
+    bad.extend(
+        probe
+            .lines()
+            .filter(|l| l.starts_with("ok"))
+            .map(|l| format!("its prober logged {l:?}")),
+    );
+    let server = logs(c, "open", "server", "main");
+    bad.extend(
+        server
+            .lines()
+            .filter(|l| l.ends_with(&format!(" {newcomer}")))
+            .map(|l| format!("open/server logged {l:?}")),
+    );
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("\n"))
+    }
+}
+
+/// The names of weft's DaemonSet pods.
+fn weft_pods(c: &Cluster) -> Vec<String> {
+    let pods = c
+        .control_plane()
+        .unwrap()
+        .get_json(&["pods", "-n", "weft"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+fn pod_ready(c: &Cluster, ns: &str, name: &str) -> Result<(), String> {
+    let p = c
+        .control_plane()
+        .unwrap()
+        .get_json(&["pod", "-n", ns, name])?;
+    let restarts: u64 = p["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s["restartCount"].as_u64().unwrap_or(0))
+        .sum();
+    let ready = p["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    if ready && restarts == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "ready {ready}, restarts {restarts}: {}",
+            p["status"]
+        ))
+    }
+}
+
+/// Issue 13: under a default deny (ingress and egress) a new pod gets no packet through from
+/// its first instant: its own prober runs from the container's start and a peer sprays SYNs
+/// at every address of the node's pod CIDR from before the pod exists; neither gets through,
+/// not while every weftd is restarted by its DaemonSet either; kubelet's TCP readiness and
+/// liveness probes still pass (the node reaches its pods). Deleting the policy then opens
+/// both ways (the records can see traffic). n1 and the far node n2 (VXLAN).
+#[test]
+fn default_deny_holds_from_a_pods_first_instant_and_through_weftd_restarts() {
+    let mut c = Cluster::build(LabConfig::kubernetes(1, true)).unwrap_or_else(|e| panic!("{e}"));
+    c.start_agents().unwrap_or_else(|e| panic!("{e}"));
+    for ns in ["open", "locked"] {
+        c.add_kube_namespace(ns, &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let serve80 = |name: &str, extra: &[&str]| {
+        let mut k = KubeContainer::serve(vec![KubePort::new(80, "TCP"), KubePort::new(80, "UDP")]);
+        k.name = name.into();
+        k.args.extend(extra.iter().map(|s| s.to_string()));
+        k
+    };
+    let spec = |ns: &str, name: &str, node: &str, containers| KubePodSpec {
+        namespace: ns.into(),
+        name: name.into(),
+        node: node.into(),
+        labels: vec![("app".into(), name.into())],
+        containers,
+        tcp_probe: None,
+    };
+    let pods = c
+        .add_kube_pods(&[
+            spec(
+                "open",
+                "server",
+                "n2",
+                vec![serve80("main", &["--log-peers"])],
+            ),
+            spec("open", "sprayer", "n1", vec![serve80("main", &[])]),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (server, sprayer) = (&pods[0], &pods[1]);
+    let (server_ip, sprayer_ip) = (server.ipv4().unwrap(), sprayer.ipv4().unwrap());
+    let deny = json!({ "podSelector": {}, "policyTypes": ["Ingress", "Egress"] });
+    let xyz_none = Xyz {
+        pods: BTreeMap::new(),
+        node_cidrs: BTreeMap::new(),
+        nodes: c.kube_node_names(),
+    };
+    apply_policies(&c, &xyz_none, &[("locked".into(), "deny-all".into(), deny)]);
+    wait_programmed(&c, &xyz_none.nodes, 1);
+
+    // Every free address of n1's pod CIDR, sprayed from before the new pod exists.
+    let cidr: Ipv4Net = c
+        .control_plane()
+        .unwrap()
+        .get_json(&["node", "n1"])
+        .unwrap()["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let targets: Vec<IpAddr> = cidr
+        .hosts()
+        .skip(1)
+        .take(40)
+        .map(IpAddr::V4)
+        .filter(|ip| *ip != sprayer_ip)
+        .collect();
+    let spray = Spray::start(sprayer, targets.clone(), 80);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let target = format!("{server_ip}:80");
+    let mut newcomer = spec(
+        "locked",
+        "newcomer",
+        "n1",
+        vec![
+            serve80("serve", &["--log-peers"]),
+            KubeContainer {
+                name: "probe".into(),
+                args: [
+                    "probe-loop",
+                    "--tcp",
+                    &target,
+                    "--udp",
+                    &target,
+                    "--interval-ms",
+                    "10",
+                ]
+                .map(String::from)
+                .to_vec(),
+                ports: Vec::new(),
+            },
+        ],
+    );
+    newcomer.tcp_probe = Some(80);
+    let t_create = Instant::now();
+    let newcomer = c
+        .add_kube_pods(&[newcomer])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remove(0);
+    let ip = newcomer.ipv4().unwrap();
+    eprintln!("newcomer {ip} running after {:.1?}", t_create.elapsed());
+    assert!(
+        targets.contains(&ip),
+        "{ip} is not among the sprayed {targets:?}"
+    );
+
+    // kubelet's probes come from the node: Ready, and no restart (liveness).
+    wait_until("newcomer Ready", Duration::from_secs(20), || {
+        pod_ready(&c, "locked", "newcomer")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    pod_ready(&c, "locked", "newcomer").unwrap_or_else(|e| panic!("{e}"));
+    let kubelet_probes = logs(&c, "locked", "newcomer", "serve")
+        .lines()
+        .filter(|l| l.starts_with("peer tcp") && !l.ends_with(&format!(" {sprayer_ip}")))
+        .count();
+    assert!(kubelet_probes > 0, "kubelet's probes never reached the pod");
+    let probe_log = logs(&c, "locked", "newcomer", "probe");
+    assert!(
+        probe_log.starts_with("start") && probe_log.contains("tried"),
+        "the newcomer's prober did not run: {probe_log}"
+    );
+    records_clean(&c, &spray, ip, sprayer_ip)
+        .unwrap_or_else(|e| panic!("from the first instant: {e}"));
+    eprintln!(
+        "first instant: 0 packets through; {} sprayed SYNs so far, {kubelet_probes} kubelet probes admitted",
+        spray.tries.load(Ordering::Relaxed)
+    );
+
+    // Every weftd restarted by its DaemonSet while the sprays and the prober go on.
+    let old_weft = weft_pods(&c);
+    let t_restart = Instant::now();
+    kubectl(
+        &c,
+        &[
+            "delete",
+            "pod",
+            "-n",
+            "weft",
+            "-l",
+            "app.kubernetes.io/name=weft",
+            "--wait=false",
+        ],
+    );
+    wait_until("the old weft pods gone", Duration::from_secs(60), || {
+        let left: Vec<String> = weft_pods(&c)
+            .into_iter()
+            .filter(|p| old_weft.contains(p))
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    c.wait_weft_ready().unwrap_or_else(|e| panic!("{e}"));
+    wait_programmed(&c, &xyz_none.nodes, 1);
+    eprintln!(
+        "weftd restarted on every node, programmed again after {:.1?}",
+        t_restart.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    records_clean(&c, &spray, ip, sprayer_ip)
+        .unwrap_or_else(|e| panic!("through the weftd restart: {e}"));
+    pod_ready(&c, "locked", "newcomer").unwrap_or_else(|e| panic!("{e}"));
+
+    // The records can see traffic: without the policy it flows both ways.
+    let t_open = Instant::now();
+    kubectl(&c, &["delete", "networkpolicy", "-n", "locked", "deny-all"]);
+    wait_until(
+        "newcomer open both ways",
+        Duration::from_secs(15),
+        || match records_clean(&c, &spray, ip, sprayer_ip) {
+            Ok(()) => Err("nothing through yet".into()),
+            Err(e) if e.contains("prober logged") && e.contains("SYNs") => Ok(()),
+            Err(e) => Err(e),
+        },
+    );
+    eprintln!(
+        "policy deleted: traffic both ways after {:.1?}; {} SYNs sprayed in all",
+        t_open.elapsed(),
+        spray.tries.load(Ordering::Relaxed)
     );
 }
