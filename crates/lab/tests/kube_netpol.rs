@@ -1,7 +1,8 @@
 //! NetworkPolicy through real kubelet pods (issue 13, "Tests"): the upstream conformance model
 //! (kubernetes test/e2e/network/netpol) in the kube lab. Namespaces x, y, z labelled ns=<name>;
 //! pods a, b, c labelled pod=<name> in each, serving 80 and 81 over TCP and UDP, spread over
-//! two nodes (same-node pairs are bridged, cross-node pairs routed host-gw). Every case is
+//! three nodes (same-node pairs are bridged, n1-n2 routed host-gw, the far node n3 behind the
+//! router reached over VXLAN). Every case is
 //! applied with kubectl; once weftd on every node reports it programmed, all 81 pairs are
 //! probed at once and the matrix is compared with the reference evaluator's, computed on a
 //! model converted from the cluster's own objects; the evaluator is also checked against the
@@ -66,18 +67,27 @@ fn ports_of(ns: &str, pod: &str) -> Vec<KubePort> {
     ports
 }
 
+/// The lab node of pod ns/pod: the model's node 1 (`placement`) is n1; of its node 2, z/b and
+/// z/c run on the far node n3 (behind the router: VXLAN), the rest on n2 (host-gw).
+fn lab_node(ns: &str, pod: &str) -> &'static str {
+    match (placement(ns, pod).0, ns, pod) {
+        (1, _, _) => "n1",
+        (_, "z", "b" | "c") => "n3",
+        _ => "n2",
+    }
+}
+
 /// The x/y/z model running in a cluster.
 struct Xyz {
     /// "ns/pod" -> the running pod.
     pods: BTreeMap<String, Pod>,
-    /// The model's node (1, 2: see `placement`) -> that lab node's pod CIDR.
-    node_cidrs: BTreeMap<u8, Ipv4Net>,
+    /// Lab node -> its pod CIDR.
+    node_cidrs: BTreeMap<String, Ipv4Net>,
     nodes: Vec<String>,
 }
 
 impl Xyz {
-    /// Namespaces and the 9 pods (created at once, then waited for), placed as in the
-    /// evaluator and nft tests: x/*, y/a on n1, the rest on n2.
+    /// Namespaces and the 9 pods (created at once, then waited for), placed by [`lab_node`].
     fn start(c: &mut Cluster) -> Xyz {
         let t = Instant::now();
         for ns in NAMESPACES {
@@ -90,7 +100,7 @@ impl Xyz {
                 specs.push(KubePodSpec {
                     namespace: ns.into(),
                     name: pod.into(),
-                    node: format!("n{}", placement(ns, pod).0),
+                    node: lab_node(ns, pod).into(),
                     labels: vec![("pod".into(), pod.into())],
                     containers: vec![KubeContainer::serve(ports_of(ns, pod))],
                     tcp_probe: None,
@@ -99,16 +109,15 @@ impl Xyz {
         }
         let pods = c.add_kube_pods(&specs).unwrap_or_else(|e| panic!("{e}"));
         eprintln!("9 pods running {:.1?} after kubectl create", t.elapsed());
-        let mut node_cidrs = BTreeMap::new();
-        for node in [1u8, 2] {
-            let n = c
-                .control_plane()
-                .unwrap()
-                .get_json(&["node", &format!("n{node}")])
-                .unwrap();
-            let cidr = n["spec"]["podCIDR"].as_str().unwrap().parse().unwrap();
-            node_cidrs.insert(node, cidr);
-        }
+        let nodes = c.kube_node_names();
+        let node_cidrs = nodes
+            .iter()
+            .map(|n| {
+                let node = c.control_plane().unwrap().get_json(&["node", n]).unwrap();
+                let cidr = node["spec"]["podCIDR"].as_str().unwrap().parse().unwrap();
+                (n.clone(), cidr)
+            })
+            .collect();
         Xyz {
             pods: specs
                 .iter()
@@ -116,7 +125,7 @@ impl Xyz {
                 .zip(pods)
                 .collect(),
             node_cidrs,
-            nodes: c.kube_node_names(),
+            nodes,
         }
     }
 
@@ -124,10 +133,25 @@ impl Xyz {
         self.pods[&format!("{ns}/{pod}")].ipv4().unwrap()
     }
 
-    /// A CIDR of the model (pod_v4 placement addresses, 10.244.<node>.0/24) as it is in this
-    /// cluster: a pod's /32 becomes its real address, a part of a node's /24 the same part of
-    /// that node's real pod CIDR; anything else (IPv6, the cluster network) stays.
-    fn translate_cidr(&self, s: &str) -> String {
+    /// The model's node `node` /24 (10.244.<node>.0/24) holding `net`, if any.
+    fn model_node_of(net: &Ipv4Net) -> Option<(u8, Ipv4Net)> {
+        [1u8, 2].into_iter().find_map(|n| {
+            let model = Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24).unwrap();
+            (net.prefix_len() >= 24 && model.contains(net)).then_some((n, model))
+        })
+    }
+
+    /// `net` (inside a model node's /24) at the same offset in lab node `to`'s pod CIDR.
+    fn moved(&self, net: &Ipv4Net, model: &Ipv4Net, to: &str) -> Ipv4Net {
+        let offset = u32::from(net.network()) - u32::from(model.network());
+        let base = Ipv4Addr::from(u32::from(self.node_cidrs[to].network()) + offset);
+        Ipv4Net::new(base, net.prefix_len()).unwrap()
+    }
+
+    /// One CIDR as it is in this cluster: a pod's model address (`pod_v4`) becomes its real
+    /// /32; a part of a model node's /24 the same part of `to`'s pod CIDR (default: the lab
+    /// node of that model node's first pod); anything else (IPv6, the cluster network) stays.
+    fn translate_cidr(&self, s: &str, to: Option<&str>) -> String {
         let Ok(net) = s.parse::<Ipv4Net>() else {
             return s.into();
         };
@@ -139,37 +163,86 @@ impl Xyz {
                 }
             }
         }
-        for (node, real) in &self.node_cidrs {
-            let model = Ipv4Net::new(Ipv4Addr::new(10, 244, *node, 0), 24).unwrap();
-            if net.prefix_len() >= 24 && model.contains(&net) {
-                let offset = u32::from(net.network()) - u32::from(model.network());
-                let base = Ipv4Addr::from(u32::from(real.network()) + offset);
-                return format!("{base}/{}", net.prefix_len());
+        match Self::model_node_of(&net) {
+            Some((n, model)) => {
+                let to = to.unwrap_or(if n == 1 { "n1" } else { "n2" });
+                self.moved(&net, &model, to).to_string()
             }
+            None => s.into(),
         }
-        s.into()
     }
 
-    /// A policy spec with its ipBlocks translated (see [`Xyz::translate_cidr`]).
+    /// An ipBlock as it is in this cluster: a model node's /24 (or part) becomes one block per
+    /// lab node that holds that model node's pods, each with the excepts that fall in it; so
+    /// the same pods are inside and outside as in the model.
+    fn translate_block(&self, b: &Value) -> Vec<Value> {
+        let cidr = b["cidr"].as_str().unwrap_or_default();
+        let excepts: Vec<&str> = b["except"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let block = |cidr: String, to: Option<&str>| {
+            let real: Option<Ipv4Net> = cidr.parse().ok();
+            let except: Vec<String> = excepts
+                .iter()
+                .map(|e| self.translate_cidr(e, to))
+                .filter(|e| match (real, e.parse::<Ipv4Net>()) {
+                    (Some(r), Ok(e)) => r.contains(&e),
+                    _ => true,
+                })
+                .collect();
+            let mut v = json!({ "cidr": cidr });
+            if !except.is_empty() {
+                v["except"] = json!(except);
+            }
+            v
+        };
+        let model = cidr
+            .parse::<Ipv4Net>()
+            .ok()
+            .filter(|n| n.prefix_len() < 32)
+            .and_then(|n| Self::model_node_of(&n).map(|m| (n, m)));
+        match model {
+            Some((net, (n, model))) => {
+                let mut to: Vec<&str> = all_pods()
+                    .iter()
+                    .filter_map(|p| {
+                        let (ns, pod) = p.split_once('/').unwrap();
+                        (placement(ns, pod).0 == n).then(|| lab_node(ns, pod))
+                    })
+                    .collect();
+                to.dedup();
+                to.into_iter()
+                    .map(|l| block(self.moved(&net, &model, l).to_string(), Some(l)))
+                    .collect()
+            }
+            None => vec![block(self.translate_cidr(cidr, None), None)],
+        }
+    }
+
+    /// A policy spec with its ipBlocks translated (see [`Xyz::translate_block`]).
     fn translate(&self, v: &Value) -> Value {
         match v {
             Value::Object(o) => Value::Object(
                 o.iter()
-                    .map(|(k, v)| {
-                        let v = match (k.as_str(), v) {
-                            ("cidr", Value::String(s)) => json!(self.translate_cidr(s)),
-                            ("except", Value::Array(a)) => Value::Array(
-                                a.iter()
-                                    .map(|e| json!(self.translate_cidr(e.as_str().unwrap_or(""))))
-                                    .collect(),
-                            ),
-                            _ => self.translate(v),
-                        };
-                        (k.clone(), v)
+                    .map(|(k, v)| (k.clone(), self.translate(v)))
+                    .collect(),
+            ),
+            // A peer list: an ipBlock peer may become several.
+            Value::Array(a) => Value::Array(
+                a.iter()
+                    .flat_map(|v| match v.get("ipBlock") {
+                        Some(b) => self
+                            .translate_block(b)
+                            .into_iter()
+                            .map(|b| json!({ "ipBlock": b }))
+                            .collect(),
+                        None => vec![self.translate(v)],
                     })
                     .collect(),
             ),
-            Value::Array(a) => Value::Array(a.iter().map(|v| self.translate(v)).collect()),
             other => other.clone(),
         }
     }
@@ -465,7 +538,7 @@ fn check_step(
 #[test]
 fn upstream_network_policy_cases_hold_on_kubelet_pods() {
     let t_all = Instant::now();
-    let mut c = Cluster::build(LabConfig::kubernetes(2, false)).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = Cluster::build(LabConfig::kubernetes(2, true)).unwrap_or_else(|e| panic!("{e}"));
     c.start_agents().unwrap_or_else(|e| panic!("{e}"));
     let xyz = Xyz::start(&mut c);
     let t_cases = Instant::now();

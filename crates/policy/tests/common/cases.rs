@@ -329,6 +329,31 @@ pub fn cases() -> Vec<Case> {
             vec![(TCP, 80, t().set("*", "x/a", false).set("y/*", "x/a", true))],
         ),
         one(
+            "namespace-selector-match-expressions-by-default-name-label",
+            vec![np("x", "by-name-expr", json!({ "podSelector": pa(),
+                "ingress": [{ "from": [{ "namespaceSelector": { "matchExpressions": [
+                    { "key": "kubernetes.io/metadata.name", "operator": "In", "values": ["y"] }] } }] }] }))],
+            vec![(TCP, 80, t().set("*", "x/a", false).set("y/*", "x/a", true))],
+        ),
+        one(
+            "ports-udp",
+            vec![np("x", "y-udp-81", json!({ "podSelector": pa(),
+                "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "ns": "y" } } }],
+                              "ports": [{ "port": 81, "protocol": "UDP" }] }] }))],
+            vec![
+                (UDP, 81, t().set("*", "x/a", false).set("y/*", "x/a", true)),
+                (UDP, 80, t().set("*", "x/a", false)),
+                (TCP, 81, t().set("*", "x/a", false)),
+            ],
+        ),
+        one(
+            "pod-in-another-namespace-udp",
+            vec![np("x", "ya", json!({ "podSelector": pa(),
+                "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "ns": "y" } },
+                                          "podSelector": { "matchLabels": { "pod": "a" } } }] }] }))],
+            vec![(UDP, 80, t().set("*", "x/a", false).set("y/a", "x/a", true))],
+        ),
+        one(
             "end-port",
             vec![np("x", "range", json!({ "podSelector": pa(),
                 "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "ns": "y" } } }],
