@@ -477,6 +477,8 @@ fn probe_until(
 struct Report {
     errors: Vec<String>,
     figures: Vec<String>,
+    /// Per step: kubectl issued -> weftd programmed on every node.
+    programmed: Vec<Duration>,
 }
 
 impl Report {
@@ -500,6 +502,7 @@ fn check_step(
     let model = cluster_model(c);
     wait_programmed(c, &xyz.nodes, model.policies.len());
     let programmed = t0.elapsed();
+    report.programmed.push(programmed);
     for (protocol, port, hand) in probes {
         let (protocol, port) = (*protocol, *port);
         let expected = eval_matrix_at(&model, protocol, port, |ns, p| xyz.ip(ns, p));
@@ -675,6 +678,15 @@ fn upstream_network_policy_cases_hold_on_kubelet_pods() {
     }
     eprintln!("{rounds} random rounds in {:.1?}", t_random.elapsed());
 
+    let mut p = report.programmed.clone();
+    p.sort();
+    eprintln!(
+        "kubectl -> weftd programmed on every node, {} steps: median {:.1?}, p90 {:.1?}, max {:.1?}",
+        p.len(),
+        p[p.len() / 2],
+        p[p.len() * 9 / 10],
+        p[p.len() - 1]
+    );
     eprintln!("whole test {:.1?}", t_all.elapsed());
     assert!(
         report.errors.is_empty(),
@@ -843,7 +855,7 @@ fn pod_ready(c: &Cluster, ns: &str, name: &str) -> Result<(), String> {
 /// Issue 13: under a default deny (ingress and egress) a new pod gets no packet through from
 /// its first instant: its own prober runs from the container's start and a peer sprays SYNs
 /// at every address of the node's pod CIDR from before the pod exists; neither gets through,
-/// not while every weftd is restarted by its DaemonSet either; kubelet's TCP readiness and
+/// not while every weftd is restarted by its DaemonSet or weftd is SIGKILLed either; kubelet's TCP readiness and
 /// liveness probes still pass (the node reaches its pods). Deleting the policy then opens
 /// both ways (the records can see traffic). n1 and the far node n2 (VXLAN).
 #[test]
@@ -1006,6 +1018,52 @@ fn default_deny_holds_from_a_pods_first_instant_and_through_weftd_restarts() {
     records_clean(&c, &spray, ip, sprayer_ip)
         .unwrap_or_else(|e| panic!("through the weftd restart: {e}"));
     pod_ready(&c, "locked", "newcomer").unwrap_or_else(|e| panic!("{e}"));
+
+    // weftd on the newcomer's node crashes (SIGKILL) and kubelet restarts it.
+    let weft_n1 = weft_pods(&c)
+        .into_iter()
+        .find(|p| {
+            let j = c
+                .control_plane()
+                .unwrap()
+                .get_json(&["pod", "-n", "weft", p]);
+            j.is_ok_and(|j| j["spec"]["nodeName"] == "n1")
+        })
+        .expect("a weft pod on n1");
+    let t_kill = Instant::now();
+    let before = c
+        .kill_kube_container("weft", &weft_n1, "weftd")
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(
+        "weftd restarted by kubelet",
+        Duration::from_secs(60),
+        || {
+            let p = c
+                .control_plane()
+                .unwrap()
+                .get_json(&["pod", "-n", "weft", &weft_n1])?;
+            let st = p["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["name"] == "weftd")
+                .cloned()
+                .unwrap_or_default();
+            if st["restartCount"].as_u64().unwrap_or(0) > before && st["ready"] == true {
+                Ok(())
+            } else {
+                Err(format!("{st}"))
+            }
+        },
+    );
+    wait_programmed(&c, &xyz_none.nodes, 1);
+    eprintln!(
+        "weftd SIGKILLed on n1, back and programmed after {:.1?}",
+        t_kill.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    records_clean(&c, &spray, ip, sprayer_ip)
+        .unwrap_or_else(|e| panic!("through weftd's crash: {e}"));
 
     // The records can see traffic: without the policy it flows both ways.
     let t_open = Instant::now();

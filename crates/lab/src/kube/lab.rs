@@ -651,6 +651,62 @@ impl Cluster {
         .unwrap_or((0, String::new()))
     }
 
+    /// SIGKILLs container `container` of pod `namespace/name` through its node's containerd
+    /// (`ctr tasks kill`: a crash, no graceful stop); kubelet restarts it. Returns the
+    /// container's restart count before the kill.
+    pub fn kill_kube_container(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: &str,
+    ) -> Result<u64, LabError> {
+        let p = pod_json(self.control_plane()?, namespace, name)?;
+        let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+        let status = p["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == container)
+            .ok_or_else(|| {
+                LabError::Setup(format!("{namespace}/{name} has no container {container}"))
+            })?;
+        let cid = status["containerID"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("containerd://");
+        if cid.is_empty() || !cid.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(LabError::Setup(format!(
+                "{namespace}/{name}/{container}: no running container ({cid:?})"
+            )));
+        }
+        let kn = self
+            .kube()
+            .and_then(|k| k.node(node))
+            .ok_or_else(|| LabError::Setup(format!("no kubelet on {node:?}")))?;
+        let out = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(kn.containerd_socket())
+            .args([
+                "--namespace",
+                "k8s.io",
+                "tasks",
+                "kill",
+                "--signal",
+                "SIGKILL",
+                cid,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(io_err("run ctr", std::path::Path::new("ctr")))?;
+        if !out.status.success() {
+            return Err(LabError::Setup(format!(
+                "ctr tasks kill {cid}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(status["restartCount"].as_u64().unwrap_or(0))
+    }
+
     /// Runs `program args` of this machine inside pod `namespace/name`'s netns; see
     /// [`exec_in_pod`].
     pub fn exec_in_pod(
@@ -766,4 +822,47 @@ fn task_pid_at(sock: &std::path::Path, node: &str, id: &str) -> Result<u32, LabE
                 String::from_utf8_lossy(&out.stderr)
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_manifest_has_named_ports_args_and_probes() {
+        let mut spec = KubePodSpec {
+            namespace: "x".into(),
+            name: "a".into(),
+            node: "n1".into(),
+            labels: vec![("pod".into(), "a".into())],
+            containers: vec![KubeContainer::serve(vec![
+                KubePort::named("serve-80-tcp", 80, "TCP"),
+                KubePort::named("web", 80, "TCP"),
+                KubePort::new(81, "UDP"),
+            ])],
+            tcp_probe: None,
+        };
+        let m = spec.manifest();
+        assert_eq!(m["metadata"]["namespace"], "x");
+        assert_eq!(m["metadata"]["labels"]["pod"], "a");
+        assert_eq!(m["spec"]["nodeName"], "n1");
+        let c = &m["spec"]["containers"][0];
+        // 80/TCP is named twice but served once.
+        assert_eq!(c["args"], json!(["serve", "--tcp", "80", "--udp", "81"]));
+        assert_eq!(
+            c["ports"][1],
+            json!({ "containerPort": 80, "protocol": "TCP", "name": "web" })
+        );
+        assert_eq!(
+            c["ports"][2],
+            json!({ "containerPort": 81, "protocol": "UDP" })
+        );
+        assert!(c.get("readinessProbe").is_none());
+        spec.tcp_probe = Some(80);
+        let c = &spec.manifest()["spec"]["containers"][0];
+        assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], 80);
+        assert_eq!(c["livenessProbe"]["tcpSocket"]["port"], 80);
+        assert_eq!(spec.netns_name("L"), "L-k-x-a");
+        assert_eq!(KubePodSpec::agnhost("n1", "p").netns_name("L"), "L-k-p");
+    }
 }
