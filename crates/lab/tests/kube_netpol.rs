@@ -540,7 +540,7 @@ fn check_step(
 /// cannot reach x/a's Service and y/b can. x/a reaching itself through its own Service
 /// (hairpin) is judged like any other client (the logical model of kubernetes#95879 and
 /// network-policy-api#390: policy sits outside the pod; only a pod's own IP never leaves it):
-/// denied until a rule admits pod=a, then allowed.
+/// denied until a rule admits pod=a, then allowed. Egress is judged on the backend too.
 fn services_under_policy(c: &Cluster, xyz: &Xyz, report: &mut Report) {
     let svc = json!({ "apiVersion": "v1", "kind": "Service",
         "metadata": { "name": "svc-a", "namespace": "x" },
@@ -607,6 +607,24 @@ fn services_under_policy(c: &Cluster, xyz: &Xyz, report: &mut Report) {
                 "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "pod": "a" } } }] }] }),
             )],
             [true, false, true, false],
+        ),
+        // Egress is judged after the DNAT too: x/b may only talk to pod=a, and reaches it
+        // through the Service (the ClusterIP itself is in no rule).
+        (
+            vec![
+                pol(
+                    "a-from-b",
+                    json!({ "podSelector": { "matchLabels": { "pod": "a" } },
+                    "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "pod": "b" } } }] }] }),
+                ),
+                pol(
+                    "b-only-to-a",
+                    json!({ "podSelector": { "matchLabels": { "pod": "b" } },
+                    "policyTypes": ["Egress"],
+                    "egress": [{ "to": [{ "podSelector": { "matchLabels": { "pod": "a" } } }] }] }),
+                ),
+            ],
+            [true, true, true, false],
         ),
     ];
     for (i, (policies, want)) in steps.into_iter().enumerate() {
