@@ -1155,8 +1155,11 @@ fn default_deny_holds_from_a_pods_first_instant_and_through_weftd_restarts() {
             Err(format!("{left:?}"))
         }
     });
+    let gone = t_restart.elapsed();
     c.wait_weft_ready().unwrap_or_else(|e| panic!("{e}"));
+    let ready = t_restart.elapsed();
     wait_programmed(&c, &xyz_none.nodes, 1);
+    eprintln!("old weft pods gone after {gone:.1?}, new ones Ready after {ready:.1?}");
     eprintln!(
         "weftd restarted on every node, programmed again after {:.1?}",
         t_restart.elapsed()
