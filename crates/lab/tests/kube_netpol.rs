@@ -253,13 +253,22 @@ fn kubectl(c: &Cluster, args: &[&str]) {
         .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
 }
 
-/// The policies (namespace, name, spec) applied with one `kubectl apply`.
+/// The policies (namespace, name, spec) applied with one `kubectl apply`, their ipBlocks
+/// translated to the x/y/z pods' real addresses.
 fn apply_policies(c: &Cluster, xyz: &Xyz, policies: &[(String, String, Value)]) {
+    let translated: Vec<_> = policies
+        .iter()
+        .map(|(ns, name, spec)| (ns.clone(), name.clone(), xyz.translate(spec)))
+        .collect();
+    apply_policies_as_written(c, &translated);
+}
+
+fn apply_policies_as_written(c: &Cluster, policies: &[(String, String, Value)]) {
     let items: Vec<Value> = policies
         .iter()
         .map(|(ns, name, spec)| {
             json!({ "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                    "metadata": { "namespace": ns, "name": name }, "spec": xyz.translate(spec) })
+                    "metadata": { "namespace": ns, "name": name }, "spec": spec })
         })
         .collect();
     let list = json!({ "apiVersion": "v1", "kind": "List", "items": items });
@@ -1041,13 +1050,9 @@ fn default_deny_holds_from_a_pods_first_instant_and_through_weftd_restarts() {
     let (server, sprayer) = (&pods[0], &pods[1]);
     let (server_ip, sprayer_ip) = (server.ipv4().unwrap(), sprayer.ipv4().unwrap());
     let deny = json!({ "podSelector": {}, "policyTypes": ["Ingress", "Egress"] });
-    let xyz_none = Xyz {
-        pods: BTreeMap::new(),
-        node_cidrs: BTreeMap::new(),
-        nodes: c.kube_node_names(),
-    };
-    apply_policies(&c, &xyz_none, &[("locked".into(), "deny-all".into(), deny)]);
-    wait_programmed(&c, &xyz_none.nodes, 1);
+    let nodes = c.kube_node_names();
+    apply_policies_as_written(&c, &[("locked".into(), "deny-all".into(), deny)]);
+    wait_programmed(&c, &nodes, 1);
 
     // Every free address of n1's pod CIDR, sprayed from before the new pod exists.
     let cidr: Ipv4Net = c
@@ -1158,7 +1163,7 @@ fn default_deny_holds_from_a_pods_first_instant_and_through_weftd_restarts() {
     let gone = t_restart.elapsed();
     c.wait_weft_ready().unwrap_or_else(|e| panic!("{e}"));
     let ready = t_restart.elapsed();
-    wait_programmed(&c, &xyz_none.nodes, 1);
+    wait_programmed(&c, &nodes, 1);
     eprintln!("old weft pods gone after {gone:.1?}, new ones Ready after {ready:.1?}");
     eprintln!(
         "weftd restarted on every node, programmed again after {:.1?}",
@@ -1206,7 +1211,7 @@ fn default_deny_holds_from_a_pods_first_instant_and_through_weftd_restarts() {
             }
         },
     );
-    wait_programmed(&c, &xyz_none.nodes, 1);
+    wait_programmed(&c, &nodes, 1);
     eprintln!(
         "weftd SIGKILLed on n1, back and programmed after {:.1?}",
         t_kill.elapsed()
