@@ -92,6 +92,19 @@ pub struct LabConfig {
     pub kube_deferred_nodes: Vec<String>,
 }
 
+impl LabConfig {
+    /// A real Kubernetes (`--datastore kubernetes`) on `nodes` nodes (plus the far one).
+    pub fn kubernetes(nodes: usize, far_node: bool) -> LabConfig {
+        LabConfig {
+            nodes,
+            far_node,
+            datastore: DatastoreKind::Kubernetes,
+            ready_timeout: Duration::from_secs(90),
+            ..LabConfig::default()
+        }
+    }
+}
+
 impl Default for LabConfig {
     fn default() -> Self {
         LabConfig {

@@ -4,6 +4,7 @@ use crate::ns::enter_command;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::process::Stdio;
+use std::time::Duration;
 use weft_netops::netns::NetNs;
 
 /// Reachability: true if one of up to three ICMP echoes (1 s timeout each) is answered.
@@ -199,4 +200,54 @@ pub fn http_request(
             .ok_or_else(|| std::io::Error::other(format!("bad HTTP answer {head:?}")))?;
         Ok((status, body.to_string()))
     })?
+}
+
+/// One exchange with a `weft-agnhost serve` at `to` from `ns`: a TCP connection and the line
+/// it answers, or (`udp`) a datagram and its answer. (who answered, the source address it saw),
+/// None when nothing came back within `timeout`.
+pub fn agnhost_exchange(
+    ns: &NetNs,
+    udp: bool,
+    to: std::net::SocketAddr,
+    timeout: Duration,
+) -> Option<(String, String)> {
+    in_netns_thread(ns, move || {
+        let line = if udp {
+            let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let s = std::net::UdpSocket::bind(bind).ok()?;
+            s.set_read_timeout(Some(timeout)).ok()?;
+            s.send_to(b"?", to).ok()?;
+            let mut buf = [0u8; 512];
+            let n = s.recv(&mut buf).ok()?;
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        } else {
+            use std::io::BufRead;
+            let s = std::net::TcpStream::connect_timeout(&to, timeout).ok()?;
+            s.set_read_timeout(Some(timeout)).ok()?;
+            let mut line = String::new();
+            std::io::BufReader::new(s).read_line(&mut line).ok()?;
+            line
+        };
+        let mut words = line.split_whitespace();
+        Some((words.next()?.to_string(), words.next()?.to_string()))
+    })
+    .ok()
+    .flatten()
+}
+
+/// Polls `f` every 250 ms until Ok; panics after `timeout` with `what` and the last error
+/// (for tests).
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<(), String>) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last = match f() {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not after {timeout:?}: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

@@ -100,13 +100,7 @@ fn control_plane_serves_tls_on_the_underlay_and_nodeipam_assigns_pod_cidrs() {
 }
 
 fn kube(nodes: usize, far_node: bool) -> LabConfig {
-    LabConfig {
-        nodes,
-        far_node,
-        datastore: DatastoreKind::Kubernetes,
-        ready_timeout: Duration::from_secs(90),
-        ..LabConfig::default()
-    }
+    LabConfig::kubernetes(nodes, far_node)
 }
 
 /// The standard paths a kube node gets its own copy of, as they are on this machine.
@@ -319,28 +313,11 @@ fn weft_by_its_daemonset_networks_kubectl_pods_across_nodes_and_releases_them() 
 
 /// weftd's /status (or /readyz) on a node, through its loopback.
 fn agent_get(c: &Cluster, node: &str, path: &str) -> (u16, String) {
-    weft_lab::probe::http_get(
-        c.node(node).unwrap().ns(),
-        weft_lab::cluster::AGENT_LISTEN,
-        path,
-        Duration::from_secs(2),
-    )
-    .unwrap_or((0, String::new()))
+    c.agent_get(node, path)
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<(), String>) {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let last = match f() {
-            Ok(()) => return,
-            Err(e) => e,
-        };
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: not after {timeout:?}: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> Result<(), String>) {
+    weft_lab::probe::wait_until(what, timeout, f)
 }
 
 #[test]
@@ -1078,17 +1055,7 @@ fn agnhost_answer_from(
     ns: &weft_netops::netns::NetNs,
     to: std::net::SocketAddr,
 ) -> Option<(String, String)> {
-    weft_lab::probe::in_netns_thread(ns, move || {
-        use std::io::BufRead;
-        let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-        let mut line = String::new();
-        std::io::BufReader::new(s).read_line(&mut line).ok()?;
-        let mut words = line.split_whitespace();
-        Some((words.next()?.to_string(), words.next()?.to_string()))
-    })
-    .ok()
-    .flatten()
+    weft_lab::probe::agnhost_exchange(ns, false, to, Duration::from_secs(1))
 }
 
 /// Tries an agnhost exchange from `ns` until one succeeds; None after `timeout`.

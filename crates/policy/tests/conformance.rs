@@ -10,7 +10,7 @@ fn run(case: &Case) -> Result<(), String> {
     let mut model = xyz_model(1);
     let mut errors = String::new();
     for (i, step) in case.steps.iter().enumerate() {
-        (step.change)(&mut model);
+        step.change.apply(&mut model);
         for (protocol, port, truth) in &step.probes {
             let expected = truth.clone().with_loopback();
             for v6 in [false, true]
@@ -85,6 +85,9 @@ conformance! {
     sctp_is_not_tcp => "sctp-is-not-tcp",
     udp_only_denies_tcp => "udp-only-denies-tcp",
     namespace_by_default_name_label => "namespace-by-default-name-label",
+    namespace_selector_match_expressions_by_default_name_label => "namespace-selector-match-expressions-by-default-name-label",
+    ports_udp => "ports-udp",
+    pod_in_another_namespace_udp => "pod-in-another-namespace-udp",
     end_port => "end-port",
     multiple_ports_with_end_port => "multiple-ports-with-end-port",
     deny_ingress_from_other_namespaces => "deny-ingress-from-other-namespaces",

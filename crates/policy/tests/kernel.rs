@@ -82,7 +82,7 @@ fn run_cases(tag: &str, chunk: usize, of: usize) {
         // Each case starts from the plain model; the appliers diff from the previous case.
         let mut model = xyz_model(1);
         for (i, step) in case.steps.iter().enumerate() {
-            (step.change)(&mut model);
+            step.change.apply(&mut model);
             lab.apply(&model, &no_sctp());
             for (protocol, port, truth) in &step.probes {
                 let expected = truth.clone().with_loopback();

@@ -343,22 +343,9 @@ fn node_err(kube: &mut KubeLab, name: &str, e: LabError) -> LabError {
     LabError::Setup(detail)
 }
 
-/// The lab's workload container (`weft-agnhost serve`: TCP 8080, UDP 8081, answering its pod
-/// name), for a Pod's or a Deployment's pod template.
+/// The lab's classic agnhost container (TCP 8080, UDP 8081), for Deployments and the like.
 pub fn agnhost_container() -> Value {
-    json!({
-        "name": "main",
-        "image": image::AGNHOST_IMAGE,
-        "imagePullPolicy": "Never",
-        "env": [{
-            "name": "POD_NAME",
-            "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } },
-        }],
-        "ports": [
-            { "containerPort": image::AGNHOST_PORTS.0, "protocol": "TCP" },
-            { "containerPort": image::AGNHOST_PORTS.1, "protocol": "UDP" },
-        ],
-    })
+    KubeContainer::agnhost().manifest(None)
 }
 
 /// A pod's JSON (status.podIP, spec.nodeName, ...).
@@ -367,32 +354,238 @@ pub fn pod_json(cp: &ControlPlane, namespace: &str, name: &str) -> Result<Value,
         .map_err(LabError::Setup)
 }
 
+/// One container port (`name` makes it a named port, what NetworkPolicy can refer to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubePort {
+    pub name: Option<String>,
+    pub port: u16,
+    /// "TCP" or "UDP".
+    pub protocol: &'static str,
+}
+
+impl KubePort {
+    pub fn new(port: u16, protocol: &'static str) -> KubePort {
+        KubePort {
+            name: None,
+            port,
+            protocol,
+        }
+    }
+
+    pub fn named(name: &str, port: u16, protocol: &'static str) -> KubePort {
+        KubePort {
+            name: Some(name.into()),
+            port,
+            protocol,
+        }
+    }
+}
+
+/// One container of a [`KubePodSpec`]: `weft-agnhost ARGS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeContainer {
+    pub name: String,
+    pub args: Vec<String>,
+    pub ports: Vec<KubePort>,
+}
+
+impl KubeContainer {
+    /// `weft-agnhost serve` on these ports (each over its protocol; a number named twice is
+    /// served once).
+    pub fn serve(ports: Vec<KubePort>) -> KubeContainer {
+        let mut args = vec!["serve".to_string()];
+        let mut seen = Vec::new();
+        for p in &ports {
+            if seen.contains(&(p.port, p.protocol)) {
+                continue;
+            }
+            seen.push((p.port, p.protocol));
+            args.push(format!("--{}", p.protocol.to_ascii_lowercase()));
+            args.push(p.port.to_string());
+        }
+        KubeContainer {
+            name: "main".into(),
+            args,
+            ports,
+        }
+    }
+
+    /// The lab's classic workload: serving TCP 8080 and UDP 8081.
+    pub fn agnhost() -> KubeContainer {
+        KubeContainer::serve(vec![
+            KubePort::new(image::AGNHOST_PORTS.0, "TCP"),
+            KubePort::new(image::AGNHOST_PORTS.1, "UDP"),
+        ])
+    }
+
+    /// The container object (pure); `tcp_probe` adds kubelet's readiness and liveness probes.
+    pub fn manifest(&self, tcp_probe: Option<u16>) -> Value {
+        let ports: Vec<Value> = self
+            .ports
+            .iter()
+            .map(|p| {
+                let mut v = json!({ "containerPort": p.port, "protocol": p.protocol });
+                if let Some(n) = &p.name {
+                    v["name"] = json!(n);
+                }
+                v
+            })
+            .collect();
+        let mut v = json!({
+            "name": self.name,
+            "image": image::AGNHOST_IMAGE,
+            "imagePullPolicy": "Never",
+            "command": ["/usr/local/bin/weft-agnhost"],
+            "args": self.args,
+            "env": [{
+                "name": "POD_NAME",
+                "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } },
+            }],
+            "ports": ports,
+        });
+        if let Some(port) = tcp_probe {
+            let probe = json!({ "tcpSocket": { "port": port }, "periodSeconds": 1,
+                                "timeoutSeconds": 1, "failureThreshold": 1 });
+            v["readinessProbe"] = probe.clone();
+            v["livenessProbe"] = probe;
+        }
+        v
+    }
+}
+
+/// A kubectl pod of the lab: agnhost containers pinned to a node, with labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubePodSpec {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub labels: Vec<(String, String)>,
+    pub containers: Vec<KubeContainer>,
+    /// A TCP readiness and liveness probe (kubelet, from the node) on this port, every second.
+    pub tcp_probe: Option<u16>,
+}
+
+impl KubePodSpec {
+    /// The lab's classic workload: `default/<name>` serving TCP 8080 and UDP 8081.
+    pub fn agnhost(node: &str, name: &str) -> KubePodSpec {
+        KubePodSpec {
+            namespace: "default".into(),
+            name: name.into(),
+            node: node.into(),
+            labels: vec![("app".into(), "weft-lab".into())],
+            containers: vec![KubeContainer::agnhost()],
+            tcp_probe: None,
+        }
+    }
+
+    /// The Pod object (pure).
+    pub fn manifest(&self) -> Value {
+        let labels: Map<String, Value> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        let containers: Vec<Value> = self
+            .containers
+            .iter()
+            .map(|c| c.manifest(self.tcp_probe))
+            .collect();
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": self.name, "namespace": self.namespace, "labels": labels },
+            "spec": {
+                "nodeName": self.node,
+                "terminationGracePeriodSeconds": 2,
+                "automountServiceAccountToken": false,
+                "containers": containers,
+            },
+        })
+    }
+
+    /// The name of its netns in the lab: `<id>-k-<name>` in `default`, `<id>-k-<ns>-<name>`
+    /// elsewhere (one name may be in several namespaces).
+    fn netns_name(&self, id: &str) -> String {
+        if self.namespace == "default" {
+            format!("{id}-k-{}", self.name)
+        } else {
+            format!("{id}-k-{}-{}", self.namespace, self.name)
+        }
+    }
+}
+
+fn dns_label(what: &str, s: &str) -> Result<(), LabError> {
+    if s.is_empty()
+        || s.len() > 40
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(LabError::Setup(format!("bad {what} {s:?} (a-z, 0-9, -)")));
+    }
+    Ok(())
+}
+
+/// A running pod's (addresses, first container id) from its JSON; Err says what it waits for.
+fn running(p: &Value) -> Result<(Vec<IpAddr>, String), String> {
+    let st = &p["status"];
+    let cs = &st["containerStatuses"][0];
+    let cid = cs["containerID"].as_str().unwrap_or_default();
+    if st["phase"] != "Running" || cid.is_empty() {
+        return Err(format!(
+            "phase {}, conditions {}, container {}",
+            st["phase"], st["conditions"], cs["state"]
+        ));
+    }
+    let ips: Vec<IpAddr> = st["podIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["ip"].as_str()?.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        return Err("no podIPs".into());
+    }
+    Ok((ips, cid.trim_start_matches("containerd://").to_string()))
+}
+
 impl Cluster {
     /// Creates a Pod with kubectl on `node` (`weft-agnhost serve` on TCP 8080 and UDP 8081,
     /// its network from weft through containerd), waits until it runs, and names its netns `<id>-k-<name>` for probes. It
     /// joins [`Cluster::pods`], so the connectivity matrix covers it.
     pub fn add_kube_pod(&mut self, node: &str, name: &str) -> Result<Pod, LabError> {
-        if name.is_empty()
-            || name.len() > 40
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
-            return Err(LabError::Setup(format!(
-                "bad pod name {name:?} (a-z, 0-9, -)"
-            )));
+        let mut pods = self.add_kube_pods(&[KubePodSpec::agnhost(node, name)])?;
+        Ok(pods.remove(0))
+    }
+
+    /// Creates a Namespace with these labels.
+    pub fn add_kube_namespace(&self, name: &str, labels: &[(&str, &str)]) -> Result<(), LabError> {
+        dns_label("namespace", name)?;
+        let labels: Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let doc = json!({ "apiVersion": "v1", "kind": "Namespace",
+                          "metadata": { "name": name, "labels": labels } });
+        self.control_plane()?
+            .kubectl_stdin(&["create", "-f", "-"], Some(doc.to_string().as_bytes()))
+            .map_err(LabError::Setup)?;
+        Ok(())
+    }
+
+    /// Creates all the pods with one kubectl call, then waits until every one runs (they come
+    /// up in parallel), names their netns (see [`KubePodSpec`]) and adds them to
+    /// [`Cluster::pods`]. Returned in the order given.
+    pub fn add_kube_pods(&mut self, specs: &[KubePodSpec]) -> Result<Vec<Pod>, LabError> {
+        for s in specs {
+            dns_label("pod name", &s.name)?;
+            dns_label("namespace", &s.namespace)?;
+            self.node_or_err(&s.node)?;
         }
-        self.node_or_err(node)?;
-        let doc = json!({
+        let list = json!({
             "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": { "name": name, "namespace": "default", "labels": { "app": "weft-lab" } },
-            "spec": {
-                "nodeName": node,
-                "terminationGracePeriodSeconds": 2,
-                "automountServiceAccountToken": false,
-                "containers": [agnhost_container()],
-            },
+            "kind": "List",
+            "items": specs.iter().map(KubePodSpec::manifest).collect::<Vec<_>>(),
         });
         let timeout = self.config.ready_timeout;
         let id = self.id.clone();
@@ -401,61 +594,57 @@ impl Cluster {
             .as_mut()
             .ok_or_else(|| LabError::Setup("no Kubernetes in this lab".into()))?;
         kube.cp
-            .kubectl_stdin(&["create", "-f", "-"], Some(doc.to_string().as_bytes()))
+            .kubectl_stdin(&["create", "-f", "-"], Some(list.to_string().as_bytes()))
             .map_err(LabError::Setup)?;
-        let (ips, container) = kube
-            .cp
-            .wait_for(&format!("pod {name} running"), timeout, |cp| {
-                let p = cp.get_json(&["pod", "-n", "default", name])?;
-                let st = &p["status"];
-                let cs = &st["containerStatuses"][0];
-                let cid = cs["containerID"].as_str().unwrap_or_default();
-                if st["phase"] != "Running" || cid.is_empty() {
-                    return Err(format!(
-                        "phase {}, conditions {}, container {}",
-                        st["phase"], st["conditions"], cs["state"]
-                    ));
-                }
-                let ips: Vec<IpAddr> = st["podIPs"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i["ip"].as_str()?.parse().ok())
-                    .collect();
-                if ips.is_empty() {
-                    return Err("no podIPs".into());
-                }
-                let cid = cid.trim_start_matches("containerd://").to_string();
-                Ok((ips, cid))
-            })?;
-        let kn = kube
-            .node(node)
-            .ok_or_else(|| LabError::Setup(format!("no kubelet on {node}")))?;
-        let pid = task_pid(kn, &container)?;
-        let netns = {
-            let _g = crate::registry::create_guard().map_err(|_| LabError::Interrupted)?;
-            let ns_name = format!("{id}-k-{name}");
-            let src = PathBuf::from(format!("/proc/{pid}/ns/net"));
-            Netns::bind_named(&ns_name, &src).map_err(io_err("name pod netns", &src))?
-        };
-        let pod = Pod {
-            name: name.into(),
-            node: node.into(),
-            netns: Arc::new(netns),
-            ips,
-            container_id: container,
-            result: Value::Null,
-            conflist: ConfList {
-                cni_version: String::new(),
-                name: String::new(),
-                disable_check: true,
-                plugins: Vec::new(),
-            },
-            capability_args: Map::new(),
-            kube_namespace: Some("default".into()),
-        };
-        self.pods.push(pod.clone());
-        Ok(pod)
+        let what = format!("{} pods running", specs.len());
+        let states = kube.cp.wait_for(&what, timeout, |cp| {
+            let all = cp.get_json(&["pods", "--all-namespaces"])?;
+            let items = all["items"].as_array().cloned().unwrap_or_default();
+            specs
+                .iter()
+                .map(|s| {
+                    let p = items
+                        .iter()
+                        .find(|p| {
+                            p["metadata"]["namespace"] == s.namespace.as_str()
+                                && p["metadata"]["name"] == s.name.as_str()
+                        })
+                        .ok_or_else(|| format!("{}/{}: not found", s.namespace, s.name))?;
+                    running(p).map_err(|e| format!("{}/{}: {e}", s.namespace, s.name))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        })?;
+        let mut out = Vec::new();
+        for (s, (ips, container)) in specs.iter().zip(states) {
+            let kn = kube
+                .node(&s.node)
+                .ok_or_else(|| LabError::Setup(format!("no kubelet on {}", s.node)))?;
+            let pid = task_pid(kn, &container)?;
+            let netns = {
+                let _g = crate::registry::create_guard().map_err(|_| LabError::Interrupted)?;
+                let src = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                Netns::bind_named(&s.netns_name(&id), &src)
+                    .map_err(io_err("name pod netns", &src))?
+            };
+            out.push(Pod {
+                name: s.name.clone(),
+                node: s.node.clone(),
+                netns: Arc::new(netns),
+                ips,
+                container_id: container,
+                result: Value::Null,
+                conflist: ConfList {
+                    cni_version: String::new(),
+                    name: String::new(),
+                    disable_check: true,
+                    plugins: Vec::new(),
+                },
+                capability_args: Map::new(),
+                kube_namespace: Some(s.namespace.clone()),
+            });
+        }
+        self.pods.extend(out.iter().cloned());
+        Ok(out)
     }
 
     /// `kubectl delete pod` and wait until it is gone (its sandbox stopped: CNI DEL done).
@@ -472,6 +661,77 @@ impl Cluster {
         ])
         .map_err(LabError::Setup)?;
         Ok(())
+    }
+
+    /// weftd's HTTP endpoint `path` on `node` (e.g. `/status`), through the node's loopback:
+    /// (status code, body), (0, "") when it does not answer.
+    pub fn agent_get(&self, node: &str, path: &str) -> (u16, String) {
+        let Some(n) = self.node(node) else {
+            return (0, String::new());
+        };
+        crate::probe::http_get(
+            n.ns(),
+            crate::cluster::AGENT_LISTEN,
+            path,
+            Duration::from_secs(2),
+        )
+        .unwrap_or((0, String::new()))
+    }
+
+    /// SIGKILLs container `container` of pod `namespace/name` through its node's containerd
+    /// (`ctr tasks kill`: a crash, no graceful stop); kubelet restarts it. Returns the
+    /// container's restart count before the kill.
+    pub fn kill_kube_container(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: &str,
+    ) -> Result<u64, LabError> {
+        let p = pod_json(self.control_plane()?, namespace, name)?;
+        let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+        let status = p["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == container)
+            .ok_or_else(|| {
+                LabError::Setup(format!("{namespace}/{name} has no container {container}"))
+            })?;
+        let cid = status["containerID"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("containerd://");
+        if cid.is_empty() || !cid.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(LabError::Setup(format!(
+                "{namespace}/{name}/{container}: no running container ({cid:?})"
+            )));
+        }
+        let kn = self
+            .kube()
+            .and_then(|k| k.node(node))
+            .ok_or_else(|| LabError::Setup(format!("no kubelet on {node:?}")))?;
+        let out = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(kn.containerd_socket())
+            .args([
+                "--namespace",
+                "k8s.io",
+                "tasks",
+                "kill",
+                "--signal",
+                "SIGKILL",
+                cid,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(io_err("run ctr", std::path::Path::new("ctr")))?;
+        if !out.status.success() {
+            return Err(LabError::Setup(format!(
+                "ctr tasks kill {cid}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(status["restartCount"].as_u64().unwrap_or(0))
     }
 
     /// Runs `program args` of this machine inside pod `namespace/name`'s netns; see
@@ -623,5 +883,43 @@ mod tests {
         // Commented out in the manifest: not a setting.
         assert!(patched_manifest(&[("WEFT_MTU", "1400")]).is_err());
         assert!(patched_manifest(&[("WEFT_FIREWALL", "a\"b")]).is_err());
+    }
+
+    #[test]
+    fn pod_manifest_has_named_ports_args_and_probes() {
+        let mut spec = KubePodSpec {
+            namespace: "x".into(),
+            name: "a".into(),
+            node: "n1".into(),
+            labels: vec![("pod".into(), "a".into())],
+            containers: vec![KubeContainer::serve(vec![
+                KubePort::named("serve-80-tcp", 80, "TCP"),
+                KubePort::named("web", 80, "TCP"),
+                KubePort::new(81, "UDP"),
+            ])],
+            tcp_probe: None,
+        };
+        let m = spec.manifest();
+        assert_eq!(m["metadata"]["namespace"], "x");
+        assert_eq!(m["metadata"]["labels"]["pod"], "a");
+        assert_eq!(m["spec"]["nodeName"], "n1");
+        let c = &m["spec"]["containers"][0];
+        // 80/TCP is named twice but served once.
+        assert_eq!(c["args"], json!(["serve", "--tcp", "80", "--udp", "81"]));
+        assert_eq!(
+            c["ports"][1],
+            json!({ "containerPort": 80, "protocol": "TCP", "name": "web" })
+        );
+        assert_eq!(
+            c["ports"][2],
+            json!({ "containerPort": 81, "protocol": "UDP" })
+        );
+        assert!(c.get("readinessProbe").is_none());
+        spec.tcp_probe = Some(80);
+        let c = &spec.manifest()["spec"]["containers"][0];
+        assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], 80);
+        assert_eq!(c["livenessProbe"]["tcpSocket"]["port"], 80);
+        assert_eq!(spec.netns_name("L"), "L-k-x-a");
+        assert_eq!(KubePodSpec::agnhost("n1", "p").netns_name("L"), "L-k-p");
     }
 }

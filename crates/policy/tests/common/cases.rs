@@ -1,13 +1,78 @@
 //! The upstream NetworkPolicy conformance cases (test/e2e/network/netpol/network_policy.go),
 //! plus endPort, named ports with different numbers per pod and ipBlocks covering pods, each
 //! as policies and the expected matrix per probe. Loopback (a pod to itself) is always allowed.
+//!
+//! The changes are data (policies as their k8s JSON), so that the same cases run against the
+//! evaluator, through nft in network namespaces, and with kubectl on a real cluster
+//! (crates/lab/tests/kube_netpol.rs includes this module).
 
-use serde_json::json;
-use weft_policy::{Key, Model, NamedPort, Policy, Protocol};
+use serde_json::{json, Value};
+use weft_policy::{Key, Model, NamedPort, Protocol};
 
-use super::{np, Truth};
+use super::Truth;
 
-pub type Change = Box<dyn Fn(&mut Model)>;
+/// A NetworkPolicy as written: namespace, name, spec (JSON).
+#[derive(Debug, Clone)]
+pub struct Np {
+    pub namespace: &'static str,
+    pub name: &'static str,
+    pub spec: Value,
+}
+
+impl Np {
+    pub fn policy(&self) -> weft_policy::Policy {
+        super::np(self.namespace, self.name, self.spec.clone())
+    }
+}
+
+/// What a step changes in the cluster.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Create or replace these policies.
+    Apply(Vec<Np>),
+    /// Delete policy (namespace, name).
+    Delete(&'static str, &'static str),
+    /// Set label key=value on pod "ns/name".
+    LabelPod(&'static str, &'static str, &'static str),
+    /// Set label key=value on a namespace.
+    LabelNs(&'static str, &'static str, &'static str),
+    /// Pod "ns/name" has the named TCP port (name, number).
+    NamedPort(&'static str, &'static str, u16),
+    All(Vec<Change>),
+}
+
+impl Change {
+    pub fn apply(&self, m: &mut Model) {
+        match self {
+            Change::Apply(nps) => nps.iter().for_each(|p| m.set_policy(p.policy())),
+            Change::Delete(ns, name) => {
+                m.remove_policy(&Key::new(*ns, *name));
+            }
+            Change::LabelPod(pod, k, v) => {
+                let (ns, name) = pod.split_once('/').unwrap();
+                let p = m.pods.get_mut(&Key::new(ns, name)).unwrap();
+                p.labels.insert(k.to_string(), v.to_string());
+            }
+            Change::LabelNs(ns, k, v) => {
+                let n = m.namespaces.get_mut(*ns).unwrap();
+                n.labels.insert(k.to_string(), v.to_string());
+            }
+            Change::NamedPort(pod, name, port) => {
+                let (ns, n) = pod.split_once('/').unwrap();
+                m.pods
+                    .get_mut(&Key::new(ns, n))
+                    .unwrap()
+                    .named_ports
+                    .push(NamedPort {
+                        name: name.to_string(),
+                        protocol: Protocol::Tcp,
+                        port: *port,
+                    });
+            }
+            Change::All(changes) => changes.iter().for_each(|c| c.apply(m)),
+        }
+    }
+}
 
 pub struct Step {
     pub change: Change,
@@ -29,19 +94,23 @@ impl Case {
 const TCP: Protocol = Protocol::Tcp;
 const UDP: Protocol = Protocol::Udp;
 
-fn add(policies: Vec<Policy>) -> Change {
-    Box::new(move |m: &mut Model| {
-        for p in &policies {
-            m.set_policy(p.clone());
-        }
-    })
+fn np(namespace: &'static str, name: &'static str, spec: Value) -> Np {
+    Np {
+        namespace,
+        name,
+        spec,
+    }
+}
+
+fn add(policies: Vec<Np>) -> Change {
+    Change::Apply(policies)
 }
 
 fn step(change: Change, probes: Vec<(Protocol, u16, Truth)>) -> Step {
     Step { change, probes }
 }
 
-fn one(name: &'static str, policies: Vec<Policy>, probes: Vec<(Protocol, u16, Truth)>) -> Case {
+fn one(name: &'static str, policies: Vec<Np>, probes: Vec<(Protocol, u16, Truth)>) -> Case {
     Case {
         name,
         steps: vec![step(add(policies), probes)],
@@ -49,37 +118,19 @@ fn one(name: &'static str, policies: Vec<Policy>, probes: Vec<(Protocol, u16, Tr
 }
 
 fn label_pod(pod: &'static str, k: &'static str, v: &'static str) -> Change {
-    Box::new(move |m: &mut Model| {
-        let (ns, name) = pod.split_once('/').unwrap();
-        let p = m.pods.get_mut(&Key::new(ns, name)).unwrap();
-        p.labels.insert(k.into(), v.into());
-    })
+    Change::LabelPod(pod, k, v)
 }
 
 fn label_ns(ns: &'static str, k: &'static str, v: &'static str) -> Change {
-    Box::new(move |m: &mut Model| {
-        let n = m.namespaces.get_mut(ns).unwrap();
-        n.labels.insert(k.into(), v.into());
-    })
+    Change::LabelNs(ns, k, v)
 }
 
 fn named_port(pod: &'static str, name: &'static str, port: u16) -> Change {
-    Box::new(move |m: &mut Model| {
-        let (ns, n) = pod.split_once('/').unwrap();
-        m.pods
-            .get_mut(&Key::new(ns, n))
-            .unwrap()
-            .named_ports
-            .push(NamedPort {
-                name: name.into(),
-                protocol: Protocol::Tcp,
-                port,
-            });
-    })
+    Change::NamedPort(pod, name, port)
 }
 
 fn all(changes: Vec<Change>) -> Change {
-    Box::new(move |m: &mut Model| changes.iter().for_each(|c| c(m)))
+    Change::All(changes)
 }
 
 fn t() -> Truth {
@@ -278,6 +329,31 @@ pub fn cases() -> Vec<Case> {
             vec![(TCP, 80, t().set("*", "x/a", false).set("y/*", "x/a", true))],
         ),
         one(
+            "namespace-selector-match-expressions-by-default-name-label",
+            vec![np("x", "by-name-expr", json!({ "podSelector": pa(),
+                "ingress": [{ "from": [{ "namespaceSelector": { "matchExpressions": [
+                    { "key": "kubernetes.io/metadata.name", "operator": "In", "values": ["y"] }] } }] }] }))],
+            vec![(TCP, 80, t().set("*", "x/a", false).set("y/*", "x/a", true))],
+        ),
+        one(
+            "ports-udp",
+            vec![np("x", "y-udp-81", json!({ "podSelector": pa(),
+                "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "ns": "y" } } }],
+                              "ports": [{ "port": 81, "protocol": "UDP" }] }] }))],
+            vec![
+                (UDP, 81, t().set("*", "x/a", false).set("y/*", "x/a", true)),
+                (UDP, 80, t().set("*", "x/a", false)),
+                (TCP, 81, t().set("*", "x/a", false)),
+            ],
+        ),
+        one(
+            "pod-in-another-namespace-udp",
+            vec![np("x", "ya", json!({ "podSelector": pa(),
+                "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "ns": "y" } },
+                                          "podSelector": { "matchLabels": { "pod": "a" } } }] }] }))],
+            vec![(UDP, 80, t().set("*", "x/a", false).set("y/a", "x/a", true))],
+        ),
+        one(
             "end-port",
             vec![np("x", "range", json!({ "podSelector": pa(),
                 "ingress": [{ "from": [{ "namespaceSelector": { "matchLabels": { "ns": "y" } } }],
@@ -424,9 +500,7 @@ pub fn cases() -> Vec<Case> {
                     vec![(TCP, 80, t().set("*", "x/*", false).set("x/*", "*", false))],
                 ),
                 step(
-                    Box::new(|m: &mut Model| {
-                        m.remove_policy(&Key::new("x", "deny-all"));
-                    }),
+                    Change::Delete("x", "deny-all"),
                     vec![(TCP, 80, t())],
                 ),
             ],

@@ -169,12 +169,27 @@ pub fn key(p: &str) -> Key {
 
 /// The evaluator's matrix for one protocol/port, over IPv4 or IPv6 addresses.
 pub fn eval_matrix(model: &Model, protocol: Protocol, port: u16, v6: bool) -> Truth {
+    eval_matrix_at(model, protocol, port, |ns, p| {
+        if v6 {
+            pod_v6(ns, p)
+        } else {
+            pod_v4(ns, p)
+        }
+    })
+}
+
+/// The evaluator's matrix with the pods at `addr(namespace, pod)` (e.g. a real cluster's).
+pub fn eval_matrix_at(
+    model: &Model,
+    protocol: Protocol,
+    port: u16,
+    addr: impl Fn(&str, &str) -> IpAddr,
+) -> Truth {
     let mut m = BTreeMap::new();
     for f in all_pods() {
         for t in all_pods() {
             let (fns, fp) = f.split_once('/').unwrap();
             let (tns, tp) = t.split_once('/').unwrap();
-            let addr = |ns, p| if v6 { pod_v6(ns, p) } else { pod_v4(ns, p) };
             let v = evaluate(
                 model,
                 &Endpoint::Ip(addr(fns, fp)),

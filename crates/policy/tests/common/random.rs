@@ -164,6 +164,12 @@ fn rules(rng: &mut Rng, peers_key: &str) -> Value {
 
 /// One random policy named `name` in a random namespace.
 pub fn random_policy(rng: &mut Rng, name: &str) -> weft_policy::Policy {
+    let (ns, spec) = random_policy_spec(rng);
+    np(ns, name, spec)
+}
+
+/// A random policy as written: (namespace, spec).
+pub fn random_policy_spec(rng: &mut Rng) -> (&'static str, Value) {
     let ns = *rng.pick(&NAMESPACES);
     let mut spec = json!({ "podSelector": selector(rng, false) });
     match rng.below(4) {
@@ -178,7 +184,7 @@ pub fn random_policy(rng: &mut Rng, name: &str) -> weft_policy::Policy {
     if rng.chance(60) {
         spec["egress"] = rules(rng, "to");
     }
-    np(ns, name, spec)
+    (ns, spec)
 }
 
 /// The 3x3 model with random labels and 1..=max_policies random policies.
