@@ -30,7 +30,7 @@ use weft_lab::Netns;
 use weft_netops::Netlink;
 
 const UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 1);
-const SELF: &str = "bench-self";
+pub(crate) const SELF: &str = "bench-self";
 /// Concurrent API requests while creating the Nodes (a setup step, not measured).
 const CREATE_CONCURRENCY: usize = 32;
 
@@ -201,6 +201,49 @@ fn with_api<T: Send + 'static>(
     with_client(ns.handle(), kubeconfig, move |client| f(Api::all(client)))
 }
 
+/// `weftd run` of node `bench-self` against `kubeconfig` (host-gw or vxlan `backend`,
+/// nftables, listening on 127.0.0.1:9946 in `ns`, its per-node dirs under `dir`), plus `extra`.
+pub(crate) fn kube_agent(
+    ns: &Netns,
+    bin_dir: &std::path::Path,
+    dir: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    backend: &str,
+    extra: &[String],
+) -> Result<std::process::Command, String> {
+    let mut cmd = ns.command(bin_dir.join("weftd"));
+    let mut args: Vec<String> = [
+        "run",
+        "--node-name",
+        SELF,
+        "--datastore",
+        "kubernetes",
+        "--cluster-cidr",
+        "10.0.0.0/8",
+        "--backend",
+        backend,
+        "--firewall",
+        "nftables",
+        "--underlay-interface",
+        "eth0",
+        "--resync-interval",
+        "60s",
+        "--health-port",
+        "0",
+        "--log-format",
+        "json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push("--kubeconfig".into());
+    args.push(kubeconfig.display().to_string());
+    args.extend(crate::util::agent_dir_args(dir)?);
+    args.extend(extra.iter().cloned());
+    cmd.args(&args).env("WEFT_LOG", "info");
+    Ok(cmd)
+}
+
 /// utime + stime of `pid` in seconds.
 pub(crate) fn cpu_s(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -279,36 +322,14 @@ fn one_run(opts: &Options, nodes: usize, run_no: usize) -> Result<RunResult, Str
         );
 
         let log = dir.join("weftd.log");
-        let mut cmd = ns.command(opts.bin_dir.join("weftd"));
-        let mut args: Vec<String> = [
-            "run",
-            "--node-name",
-            SELF,
-            "--datastore",
-            "kubernetes",
-            "--cluster-cidr",
-            "10.0.0.0/8",
-            "--backend",
+        let cmd = kube_agent(
+            &ns,
+            &opts.bin_dir,
+            &dir,
+            &kubeconfig,
             &opts.backend,
-            "--firewall",
-            "nftables",
-            "--underlay-interface",
-            "eth0",
-            "--resync-interval",
-            "60s",
-            "--health-port",
-            "0",
-            "--log-format",
-            "json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push("--kubeconfig".into());
-        args.push(kubeconfig.display().to_string());
-        args.extend(crate::util::agent_dir_args(&dir)?);
-        args.extend(opts.agent_args.iter().cloned());
-        cmd.args(&args).env("WEFT_LOG", "info");
+            &opts.agent_args,
+        )?;
 
         let mut nl = Netlink::in_netns(ns.handle()).map_err(|e| e.to_string())?;
         let start = Instant::now();

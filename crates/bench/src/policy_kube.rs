@@ -3,7 +3,7 @@
 //! created through the API -> enforced on every node).
 
 use crate::control_plane::make_underlay;
-use crate::control_plane_kube::{cpu_s, node_object, with_client};
+use crate::control_plane_kube::{cpu_s, kube_agent, node_object, with_client, SELF};
 use crate::policy::Options;
 use crate::stats::{summarize, Summary};
 use crate::util::{proc_status_kib, wait_for, ChildGuard};
@@ -21,11 +21,11 @@ use weft_lab::{Cluster, DatastoreKind, LabConfig, Netns};
 use weft_policy::synthetic;
 
 const UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 1);
-const SELF: &str = "bench-self";
 const NAMESPACES: usize = 100;
 /// Nodes the other pods are spread over (they must exist: podgc deletes pods of unknown nodes).
 const PEERS: usize = 100;
 const CONCURRENCY: usize = 32;
+/// weftd's default `--listen` (what `kube_agent` leaves it at).
 const AGENT_LISTEN: &str = "127.0.0.1:9946";
 
 #[derive(Debug, Clone, Serialize)]
@@ -310,35 +310,7 @@ fn scale_in(opts: &Options, ns: &Netns, dir: &std::path::Path) -> Result<ScaleRe
     eprintln!("policy scale: {pods} pods, {policies} policies created in {objects_created_s:.0} s");
 
     let log = dir.join("weftd.log");
-    let mut cmd = ns.command(opts.bin_dir.join("weftd"));
-    let mut args: Vec<String> = [
-        "run",
-        "--node-name",
-        SELF,
-        "--datastore",
-        "kubernetes",
-        "--cluster-cidr",
-        "10.0.0.0/8",
-        "--backend",
-        "host-gw",
-        "--firewall",
-        "nftables",
-        "--underlay-interface",
-        "eth0",
-        "--listen",
-        AGENT_LISTEN,
-        "--health-port",
-        "0",
-        "--log-format",
-        "json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push("--kubeconfig".into());
-    args.push(kubeconfig.display().to_string());
-    args.extend(crate::util::agent_dir_args(dir)?);
-    cmd.args(&args).env("WEFT_LOG", "info");
+    let cmd = kube_agent(ns, &opts.bin_dir, dir, &kubeconfig, "host-gw", &[])?;
     let start = Instant::now();
     let mut agent = ChildGuard::start("weftd", cmd, Some(&log)).map_err(|e| e.to_string())?;
     let tail = || weft_lab::proc::log_tail(&log, 15);
