@@ -391,7 +391,17 @@ pub async fn run(
         let result = tokio::task::spawn_blocking(move || {
             let mut c = c.write().unwrap();
             let changes = c.take_changes();
-            a.lock().unwrap().apply_changes(c.ruleset(), &changes)
+            let result = a.lock().unwrap().apply_changes(c.ruleset(), &changes);
+            if changes.full {
+                // A whole compile and its batch are transient (tens of MiB at 10,000 pods);
+                // without this glibc keeps them in the RSS for the life of weftd.
+                #[cfg(target_env = "gnu")]
+                // SAFETY: malloc_trim only returns free memory to the kernel.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            }
+            result
         })
         .await
         .expect("apply task");

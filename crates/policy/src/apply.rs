@@ -115,7 +115,7 @@ impl Applier {
 
     /// Run one batch as is.
     pub fn run(&self, batch: &Batch) -> Result<ApplyStats, ApplyError> {
-        let json = batch.to_json().to_string();
+        let json = batch.to_json_string();
         run_nft(&self.nft, &json, batch.commands.len())?;
         Ok(ApplyStats {
             commands: batch.commands.len(),
