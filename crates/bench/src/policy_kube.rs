@@ -560,8 +560,8 @@ fn connects(from: &weft_netops::netns::NetNs, to: SocketAddr, timeout: Duration)
     .unwrap_or(false)
 }
 
-/// Probes every server until each has flipped to `want` (reachable or not); the time of the
-/// last flip since `t0`, in ms.
+/// Probes every server until each has flipped to `want` (reachable or not); when the last
+/// one flipped (the start of its first flipped attempt), in ms since `t0`.
 fn until_flipped(
     client: &weft_netops::netns::NetNs,
     servers: &[SocketAddr],
@@ -579,12 +579,29 @@ fn until_flipped(
         }
         // A refused client's SYN is dropped: a connect that has not finished in 30 ms counts
         // as refused (an answer on this lab takes well under 1 ms).
-        pending.retain(|s| {
-            let flipped = connects(client, *s, Duration::from_millis(30)) == want;
-            if flipped {
-                last = t0.elapsed().as_secs_f64() * 1000.0;
-            }
-            !flipped
+        // All servers at once; the flip counts from the start of the first attempt that saw
+        // it: a SYN sent then was already judged by the new ruleset (the 30 ms wait is the
+        // probe's, not weft's).
+        let sent = t0.elapsed().as_secs_f64() * 1000.0;
+        let flipped: Vec<bool> = std::thread::scope(|scope| {
+            let probes: Vec<_> = pending
+                .iter()
+                .map(|s| {
+                    scope.spawn(move || connects(client, *s, Duration::from_millis(30)) == want)
+                })
+                .collect();
+            probes
+                .into_iter()
+                .map(|p| p.join().unwrap_or(false))
+                .collect()
+        });
+        if flipped.iter().any(|f| *f) {
+            last = f64::max(last, sent);
+        }
+        let mut i = 0;
+        pending.retain(|_| {
+            i += 1;
+            !flipped[i - 1]
         });
         if !pending.is_empty() && want {
             std::thread::sleep(Duration::from_millis(2));
