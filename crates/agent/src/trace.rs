@@ -277,7 +277,14 @@ fn path(nl: &mut Netlink, ctx: &TraceContext, src: IpAddr, dst: IpAddr, arriving
     // 1. Where the packet starts on this node.
     let mut iif = None;
     if arriving {
-        let via = vtep.map(|v| v.name.as_str()).unwrap_or("the underlay");
+        // The way back to the source is the way it came (weft's routes are symmetric): the
+        // VTEP for a VXLAN peer's pod, the underlay for a host-gw peer or the world.
+        let via = nl
+            .route_get(src)
+            .ok()
+            .and_then(|r| r.oif)
+            .map(name_of)
+            .unwrap_or_else(|| "the underlay".into());
         t.hop("arrives", format!("from {src} (over {via})"), true);
     } else if let Some(who) = local_pod(ctx, src) {
         t.hop(

@@ -78,9 +78,18 @@ fn trace_follows_real_paths_and_names_what_is_broken() {
         ],
     );
 
+    // n2 has a VTEP too (auto: the far node needs it), but this packet came over host-gw.
+    let on_n2 = &t[t.find("== on node n2").unwrap()..];
+    assert!(
+        on_n2.contains("(over eth0)") && !on_n2.contains("over weft.1"),
+        "arrives over the underlay:\n{t}"
+    );
+
     // n3 is the far node behind the router: auto picks vxlan.
     let (t, ok) = trace(&c, "n1-p1", "n3-p1");
     assert!(ok, "{t}");
+    let on_n3 = &t[t.find("== on node n3").unwrap()..];
+    assert!(on_n3.contains("(over weft.1)"), "arrives over VXLAN:\n{t}");
     assert_has(
         &t,
         &[
