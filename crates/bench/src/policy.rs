@@ -85,6 +85,9 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 pub enum Shape {
     /// No table at all.
     None,
+    /// weft's table with no policy (what every node has with policy enforcement on: the base
+    /// chains, fail-closed for unknown addresses of the node's CIDR).
+    Empty,
     /// The synthetic cluster workload (`weft_policy::synthetic`: 1,000 policies over 100
     /// namespaces; the server's namespace holds 10 of them and they select it) plus one that
     /// admits the client.
@@ -97,7 +100,8 @@ pub enum Shape {
 impl Shape {
     fn describe(self, policies: usize) -> String {
         match self {
-            Shape::None => "no policy".into(),
+            Shape::None => "no table".into(),
+            Shape::Empty => "0 (weft's table)".into(),
             Shape::Cluster => format!("{policies} in the cluster"),
             Shape::AllSelectServer => format!("{policies} on the server"),
         }
@@ -160,7 +164,7 @@ pub fn datapath_model(
     let admit_client =
         json!([{ "from": [{ "podSelector": { "matchLabels": { "role": "client" } } }] }]);
     match shape {
-        Shape::None => {}
+        Shape::None | Shape::Empty => {}
         Shape::Cluster => {
             for p in 0..policies {
                 add(&mut m, synthetic::policy_object(p, 100));
@@ -238,11 +242,20 @@ fn run_datapath(opts: &Options) -> Result<DatapathReport, String> {
     let node = path.node().ok_or("same-node path without a node")?;
     let whoami = WhoAmIServer::start(path.ends().0, srv, 0).map_err(|e| e.to_string())?;
 
+    // As weftd compiles (counters for /metrics, fail-closed for the node's pod CIDR), but
+    // without SCTP rules, which this kernel cannot load.
     let opts_c = CompileOptions {
         sctp: false,
+        counters: true,
+        fail_closed: vec!["10.79.0.0/24".parse().expect("the same-node path's CIDR")],
         ..CompileOptions::default()
     };
-    let shapes = [Shape::None, Shape::Cluster, Shape::AllSelectServer];
+    let shapes = [
+        Shape::None,
+        Shape::Empty,
+        Shape::Cluster,
+        Shape::AllSelectServer,
+    ];
     let mut variants = Vec::new();
     let mut tables = Vec::new();
     for shape in shapes {
@@ -337,7 +350,7 @@ pub fn print(r: &Report, opts: &Options) {
             opts.rounds, opts.seconds, d.pods
         );
         println!(
-            "{:<22} {:>6} {:>9} {:>11} {:>13} {:>7} {:>11} {:>13} {:>7}",
+            "{:<20} {:>6} {:>9} {:>11} {:>13} {:>7} {:>11} {:>13} {:>7} {:>7}",
             "policies",
             "rules",
             "elements",
@@ -346,28 +359,34 @@ pub fn print(r: &Report, opts: &Options) {
             "x none",
             "conn/s p50",
             "min-max",
-            "x none"
+            "x none",
+            "x 0"
         );
-        let base = d
-            .variants
-            .first()
-            .map(|v| (v.gbit().median, v.cps().median));
+        let base = |shape: Shape| {
+            d.variants
+                .iter()
+                .find(|v| v.shape == shape)
+                .map(|v| (v.gbit().median, v.cps().median))
+                .unwrap_or((f64::NAN, f64::NAN))
+        };
+        let ((none_g, none_c), (_, empty_c)) = (base(Shape::None), base(Shape::Empty));
         for v in &d.variants {
             let (g, c) = (v.gbit(), v.cps());
-            let (bg, bc) = base.unwrap_or((f64::NAN, f64::NAN));
             println!(
-                "{:<22} {:>6} {:>9} {:>11.2} {:>13} {:>7.3} {:>11.0} {:>13} {:>7.3}",
+                "{:<20} {:>6} {:>9} {:>11.2} {:>13} {:>7.3} {:>11.0} {:>13} {:>7.3} {:>7.3}",
                 v.name,
                 v.rules,
                 v.elements,
                 g.median,
                 format!("{:.2}-{:.2}", g.min, g.max),
-                g.median / bg,
+                g.median / none_g,
                 c.median,
                 format!("{:.0}-{:.0}", c.min, c.max),
-                c.median / bc
+                c.median / none_c,
+                c.median / empty_c
             );
         }
+        println!("(x 0: against weft's table with no policy, what a node with enforcement on has)");
     }
     if let Some(s) = &r.scale {
         crate::policy_kube::print_scale(s);
