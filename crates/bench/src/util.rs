@@ -82,3 +82,32 @@ pub fn agent_dir_args(dir: &std::path::Path) -> Result<Vec<String>, String> {
     args.push(dir.join("policy.sock").display().to_string());
     Ok(args)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every path weftd shares with its node (the agent's own list) is under the benchmark's
+    /// dir: a benchmark's weftd once made /run/weft/plugin-events on the machine.
+    #[test]
+    fn agent_dir_args_cover_every_shared_node_path() {
+        #[derive(clap::Parser)]
+        struct W {
+            #[command(flatten)]
+            run: weft_agent::config::RunConfig,
+        }
+        let dir = std::env::temp_dir().join(format!("weft-bench-dirs-{}", std::process::id()));
+        let mut argv = vec!["weftd".to_string(), "--node-name".into(), "n".into()];
+        argv.extend(agent_dir_args(&dir).unwrap());
+        let cfg = <W as clap::Parser>::try_parse_from(argv).unwrap().run;
+        let _ = std::fs::remove_dir_all(&dir);
+        for (what, path) in cfg.shared_node_paths() {
+            assert!(
+                path.starts_with(&dir),
+                "{what}: {} is not under {}",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
+}
